@@ -1,0 +1,182 @@
+"""One capture serves every method: activations, gradients, logits and targets for a batch.
+
+The network is split at the target layer (``core.tail``): the head runs once without autograd;
+the tail runs on activations that require grad, so the backward pass stops at the target layer
+(``torch.autograd.grad`` with respect to the activations, never through the parameters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Capture", "Runtime", "capture", "model_state_guard"]
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Everything a CAM method may read, for R rows (one row = one view of an image and a class).
+
+    Attributes:
+        views: (V,3,H,W) model inputs (images, or augmented views of them).
+        view_activations: (V,K,h,w) target-layer activations of each view.
+        view_logits: (V,C) model outputs of each view.
+        carry: values the tail needs besides the activations (see ``LayerSplit.tail``).
+        view_index: (R,) the view of each row.
+        targets: (R,) the target class of each row.
+        gradients: (R,K,h,w) d logit_target / d A, or None when no method needs them.
+    """
+
+    views: Tensor
+    view_activations: Tensor
+    view_logits: Tensor
+    carry: Any
+    view_index: Tensor
+    targets: Tensor
+    gradients: Tensor | None = None
+
+    @property
+    def activations(self) -> Tensor:
+        """(R,K,h,w) activations of each row."""
+        return self.view_activations[self.view_index]
+
+    @property
+    def logits(self) -> Tensor:
+        """(R,C) logits of each row's view."""
+        return self.view_logits[self.view_index]
+
+    @property
+    def scores(self) -> Tensor:
+        """(R,) target logit y_c of each row."""
+        return self.logits.gather(1, self.targets[:, None])[:, 0]
+
+    def rows_by_view(self) -> Iterator[tuple[int, Tensor]]:
+        """Yield (view, row indices) for every view that has rows."""
+        views = self.view_index.tolist()
+        groups: dict[int, list[int]] = {}
+        for r, v in enumerate(views):
+            groups.setdefault(v, []).append(r)
+        for v, rows in groups.items():
+            yield v, torch.tensor(rows, device=self.view_index.device)
+
+
+@dataclass
+class Runtime:
+    """How methods may run the network: the full model, or the tail from the target layer.
+
+    ``forward`` and ``tail`` run under ``torch.inference_mode`` and, when ``precision`` is
+    ``"bf16"``/``"fp16"``, under autocast; outputs are always returned as float32.
+    """
+
+    model: nn.Module
+    split: Any
+    batch_size: int = 32
+    precision: str = "fp32"
+    progress: bool = False
+    channels_last: bool = False
+    _device: torch.device | None = field(default=None, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        if self._device is None:
+            p = next(iter(self.model.parameters()), None)
+            self._device = p.device if p is not None else torch.device("cpu")
+        return self._device
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast context for the chosen precision (a no-op for fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Full-model logits of a batch, float32."""
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self.autocast():
+            return self.model(x).float()
+
+    def tail(self, acts: Tensor, carry: Any, index: Tensor | None = None) -> Tensor:
+        """Logits from (possibly modified) target-layer activations, float32."""
+        with torch.inference_mode(), self.autocast():
+            return self.split.tail(acts, carry, index).float()
+
+
+@contextlib.contextmanager
+def model_state_guard(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the duration; restore every module's training flag and
+    every parameter's ``.grad`` afterwards, also when an exception escapes."""
+    flags = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.grad) for p in model.parameters()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+        for p, g in grads:
+            p.grad = g
+
+
+def capture(
+    split: Any,
+    views: Tensor,
+    *,
+    targets_of_view: Sequence[Sequence[int]] | None = None,
+    top_k: int = 1,
+    plain_view_of: Sequence[int] | None = None,
+    need_gradients: bool = True,
+) -> Capture:
+    """Run one forward (and, if needed, one backward per target rank) for a batch of views.
+
+    Args:
+        split: a ``LayerSplit`` of the model at the target layer.
+        views: (V,3,H,W) inputs.
+        targets_of_view: explicit target classes per view; by default the ``top_k`` predicted
+            classes of the view's plain view (``plain_view_of[v]``, itself by default).
+        top_k: number of predicted classes explained when targets are not given.
+        plain_view_of: for augmented views, the index of the un-augmented view of the same image:
+            targets come from its prediction so that every view explains the same class.
+        need_gradients: compute d y_c / d A for every row.
+    """
+    with torch.no_grad():
+        acts, carry = split.head(views)
+    acts = acts.detach()
+    with torch.enable_grad() if need_gradients else torch.no_grad():
+        a = acts.clone().requires_grad_(need_gradients)
+        logits = split.tail(a, carry, None)
+    n_views = views.shape[0]
+    if targets_of_view is None:
+        plain = list(range(n_views)) if plain_view_of is None else list(plain_view_of)
+        k = min(top_k, logits.shape[1])
+        top = logits.detach().topk(k, dim=1).indices.tolist()
+        targets_of_view = [top[plain[v]] for v in range(n_views)]
+    ranks = len(targets_of_view[0])
+    if any(len(t) != ranks for t in targets_of_view):
+        raise ValueError("every view needs the same number of target classes")
+    tv = torch.tensor(targets_of_view, dtype=torch.long, device=logits.device)  # (V, ranks)
+
+    gradients = None
+    if need_gradients:
+        per_rank = []
+        for j in range(ranks):
+            score = logits.gather(1, tv[:, j : j + 1]).sum()
+            (g,) = torch.autograd.grad(score, a, retain_graph=j < ranks - 1)
+            per_rank.append(g)
+        gradients = torch.stack(per_rank, dim=1).reshape(n_views * ranks, *acts.shape[1:])
+    view_index = torch.arange(n_views, device=logits.device).repeat_interleave(ranks)
+    return Capture(
+        views=views,
+        view_activations=acts,
+        view_logits=logits.detach().float(),
+        carry=carry,
+        view_index=view_index,
+        targets=tv.reshape(-1),
+        gradients=None if gradients is None else gradients.detach(),
+    )

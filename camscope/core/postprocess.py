@@ -1,0 +1,92 @@
+"""The one place where raw CAM terms become maps: reduction, ReLU, upsampling, normalisation.
+
+Every method returns weights; everything after that is shared so that methods differ only in how
+they weight the activations (Selvaraju et al. 2017, Eq. 2: ``L = ReLU(sum_k w_k A_k)``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["weighted_activations", "reduce_sum", "first_component", "finalize", "normalize"]
+
+_EPS = 1e-12
+
+
+def weighted_activations(weights: Tensor, activations: Tensor) -> Tensor:
+    """Multiply activations (B,K,h,w) by channel weights (B,K) or element weights (B,K,h,w)."""
+    if weights.dim() == 2:
+        weights = weights[:, :, None, None]
+    if weights.shape[:2] != activations.shape[:2]:
+        raise ValueError(
+            f"weights of shape {tuple(weights.shape)} do not match activations "
+            f"{tuple(activations.shape)}"
+        )
+    return weights.to(activations.dtype) * activations
+
+
+def reduce_sum(weighted: Tensor) -> Tensor:
+    """Sum over channels: (B,K,h,w) -> (B,h,w)."""
+    return weighted.sum(dim=1)
+
+
+def first_component(weighted: Tensor, reference: Tensor | None = None) -> Tensor:
+    """Project each image's weighted activations on their first principal component.
+
+    Eigen-CAM (Muhammad & Yeasin 2020, Eq. 4-5): the (h*w, K) matrix of activation vectors is
+    centred over positions and projected on the first right singular vector. A singular vector is
+    defined up to sign, so the sign is chosen to make the projection correlate positively with
+    ``reference`` (by default the channel sum, i.e. the unsmoothed map).
+
+    Args:
+        weighted: (B,K,h,w) weighted activations.
+        reference: (B,h,w) maps the projection must agree with in sign.
+    Returns:
+        (B,h,w) projections.
+    """
+    b, k, h, w = weighted.shape
+    x = weighted.reshape(b, k, h * w).transpose(1, 2).to(torch.float64)  # (B, hw, K)
+    x = x - x.mean(dim=1, keepdim=True)
+    if reference is None:
+        reference = weighted.sum(dim=1)
+    ref = reference.reshape(b, h * w).to(torch.float64)
+    out = torch.zeros(b, h * w, dtype=torch.float64, device=weighted.device)
+    for i in range(b):
+        if not torch.isfinite(x[i]).all() or float(x[i].abs().max()) == 0.0:
+            continue
+        # Right singular vectors of the centred (hw, K) matrix.
+        _, _, vh = torch.linalg.svd(x[i], full_matrices=False)
+        proj = x[i] @ vh[0]
+        r = ref[i] - ref[i].mean()
+        if float((proj * r).sum()) < 0:
+            proj = -proj
+        out[i] = proj
+    return out.reshape(b, h, w).to(weighted.dtype)
+
+
+def normalize(maps: Tensor) -> Tensor:
+    """Min-max normalise each map of a (B,H,W) batch to [0,1]; a constant map becomes all zeros."""
+    flat = maps.reshape(maps.shape[0], -1)
+    lo = flat.min(dim=1, keepdim=True).values
+    hi = flat.max(dim=1, keepdim=True).values
+    span = hi - lo
+    out = torch.where(span > _EPS, (flat - lo) / span.clamp_min(_EPS), torch.zeros_like(flat))
+    return out.reshape(maps.shape)
+
+
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear upsampling (align_corners=False) of (B,h,w) maps to ``size``."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def finalize(saliency: Tensor, size: tuple[int, int]) -> Tensor:
+    """ReLU -> bilinear upsampling to the input size -> per-map min-max normalisation.
+
+    Returns float32 maps (B,H,W) in [0,1]. Non-finite values are treated as zero.
+    """
+    saliency = torch.nan_to_num(saliency.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    return normalize(upsample(torch.relu(saliency), size))

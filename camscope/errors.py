@@ -1,0 +1,28 @@
+"""User-facing errors: one line, naming the file or argument and the problem."""
+
+from __future__ import annotations
+
+
+class CamscopeError(Exception):
+    """Base class for errors reported to the user as one line, without a traceback."""
+
+
+class UsageError(CamscopeError):
+    """A command-line argument or API parameter is invalid (checked before any work starts)."""
+
+
+class ImageLoadError(CamscopeError):
+    """An input file cannot be used as an image."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class WeightsError(CamscopeError):
+    """Model weights cannot be obtained or loaded."""
+
+
+class UnsafeCheckpointError(WeightsError):
+    """A checkpoint needs arbitrary unpickling and was refused."""

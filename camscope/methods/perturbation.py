@@ -1,0 +1,167 @@
+"""Perturbation CAM methods: Ablation-CAM and Score-CAM, computed exactly but without waste.
+
+- Ablation-CAM runs only the network's *tail* (from the target layer on) on batches of ablated
+  activations; channels that are zero everywhere need no forward (ablating them changes nothing).
+- Score-CAM skips channels whose activation map is constant (the official implementation gives
+  them no weight), batches the masked forwards and runs them under ``inference_mode`` and the
+  optional reduced precision of the ``Runtime``; no per-channel host synchronisation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from camscope.core.capture import Capture, Runtime
+from camscope.methods.registry import register
+
+_PGC_EPS = 1e-8
+
+
+def _progress(total: int, rt: Runtime, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ch", leave=False, disable=not rt.progress)
+
+
+@register(
+    "ablationcam",
+    title="Ablation-CAM",
+    paper="Desai & Ramaswamy, WACV 2020",
+    url="https://openaccess.thecvf.com/content_WACV_2020/html/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.html",
+    equation="w_k = (y_c - y_c^k) / y_c, y_c^k: score with channel k set to zero (Eq. 3)",
+    forward_passes="K tails",
+)
+def ablationcam(cap: Capture, rt: Runtime) -> Tensor:
+    """Ablation-CAM (Desai & Ramaswamy 2020, Eq. 3): w_k = (y_c - y_c^k) / y_c.
+
+    y_c^k is the target logit when channel k of the target layer's output is set to zero; it is
+    computed by the tail alone. A channel that is already zero everywhere gets w_k = 0 exactly.
+    """
+    acts = cap.view_activations
+    _, k, h, w = acts.shape
+    weights = torch.zeros(cap.targets.shape[0], k, device=acts.device)
+    live_per_view = {v: (acts[v].flatten(1) != 0).any(dim=1).nonzero()[:, 0] for v, _ in cap.rows_by_view()}
+    bar = _progress(sum(len(x) for x in live_per_view.values()), rt, "ablation-cam")
+    for v, rows in cap.rows_by_view():
+        live = live_per_view[v]
+        targets = cap.targets[rows]
+        base = cap.view_logits[v, targets]  # (m,)
+        index = torch.full((rt.batch_size,), v, dtype=torch.long, device=acts.device)
+        drops = torch.empty(len(live), len(rows), device=acts.device)
+        for start in range(0, len(live), rt.batch_size):
+            chunk = live[start : start + rt.batch_size]
+            n = len(chunk)
+            batch = acts[v].expand(n, k, h, w).clone()
+            batch[torch.arange(n, device=acts.device), chunk] = 0
+            logits = rt.tail(batch, cap.carry, index[:n])
+            drops[start : start + n] = logits[:, targets]
+            bar.update(n)
+        weights[rows[:, None], live[None, :]] = ((base[None, :] - drops) / base[None, :]).T
+    bar.close()
+    return weights
+
+
+def _masked_scores(
+    rt: Runtime,
+    image: Tensor,
+    acts: Tensor,
+    targets: Tensor,
+    *,
+    probabilities: bool,
+    pgc_masks: bool = False,
+    bar=None,
+) -> Tensor:
+    """Scores of ``targets`` for ``image`` masked by each normalised, upsampled channel of acts.
+
+    Returns (n_channels, n_targets). Masks: min-max normalised bilinear upsampling of A_k
+    (official Score-CAM: align_corners=False; ``pgc_masks``: pytorch-grad-cam's
+    align_corners=True with its 1e-8 guard).
+    """
+    size = image.shape[-2:]
+    out = torch.empty(acts.shape[0], len(targets), device=image.device)
+    for start in range(0, acts.shape[0], rt.batch_size):
+        a = acts[start : start + rt.batch_size].float()
+        up = F.interpolate(a[:, None], size=size, mode="bilinear", align_corners=pgc_masks)[:, 0]
+        flat = up.flatten(1)
+        lo = flat.min(dim=1).values[:, None, None]
+        hi = flat.max(dim=1).values[:, None, None]
+        span = hi - lo + _PGC_EPS if pgc_masks else (hi - lo)
+        masks = (up - lo) / span
+        logits = rt.forward(image[None] * masks[:, None])
+        scores = torch.softmax(logits, dim=1) if probabilities else logits
+        out[start : start + a.shape[0]] = scores[:, targets]
+        if bar is not None:
+            bar.update(a.shape[0])
+    return out
+
+
+def _nonconstant(acts: Tensor) -> Tensor:
+    flat = acts.flatten(1)
+    return (flat.max(dim=1).values != flat.min(dim=1).values).nonzero()[:, 0]
+
+
+@register(
+    "scorecam",
+    title="Score-CAM",
+    paper="Wang et al., CVPR-W 2020",
+    url="https://arxiv.org/abs/1910.01279",
+    equation="w_k = softmax(f(X * s(Up(A_k))))_c, s = min-max normalisation (Eq. 5-8)",
+    forward_passes="K full",
+)
+def scorecam(cap: Capture, rt: Runtime) -> Tensor:
+    """Score-CAM (Wang et al. 2020, Eq. 5-8, as the official implementation computes it).
+
+    w_k is the softmax probability of the target class for the input multiplied by the min-max
+    normalised, bilinearly upsampled activation map of channel k; no softmax across channels.
+    A constant channel has no mask and gets weight 0 (the official code skips it), so its
+    forward pass is skipped too.
+    """
+    acts = cap.view_activations
+    weights = torch.zeros(cap.targets.shape[0], acts.shape[1], device=acts.device)
+    live = {v: _nonconstant(acts[v]) for v, _ in cap.rows_by_view()}
+    bar = _progress(sum(len(x) for x in live.values()), rt, "score-cam")
+    for v, rows in cap.rows_by_view():
+        idx = live[v]
+        scores = _masked_scores(
+            rt, cap.views[v], acts[v, idx], cap.targets[rows], probabilities=True, bar=bar
+        )
+        weights[rows[:, None], idx[None, :]] = scores.T
+    bar.close()
+    return weights
+
+
+@register(
+    "scorecam-logit-softmax",
+    title="Score-CAM (logit + channel softmax)",
+    paper="as in pytorch-grad-cam's ScoreCAM (not the paper)",
+    url="https://github.com/jacobgil/pytorch-grad-cam",
+    equation="w = softmax_k(f(X * s(Up(A_k)))_c): target logit, softmax across channels",
+    forward_passes="K full",
+)
+def scorecam_logit_softmax(cap: Capture, rt: Runtime) -> Tensor:
+    """Score-CAM as pytorch-grad-cam computes it, to reproduce older results.
+
+    The score is the target *logit* (not its probability) and the weights are a softmax across
+    channels, so one channel with a large logit takes almost all the weight: maps collapse to
+    one spot, or to the blank of a constant channel. Constant channels get a zero mask, whose
+    input is all zeros: one forward pass serves all of them.
+    """
+    acts = cap.view_activations
+    n_ch = acts.shape[1]
+    scores = torch.empty(cap.targets.shape[0], n_ch, device=acts.device)
+    bar = _progress(sum(len(_nonconstant(acts[v])) + 1 for v, _ in cap.rows_by_view()), rt, "score-cam")
+    for v, rows in cap.rows_by_view():
+        targets = cap.targets[rows]
+        idx = _nonconstant(acts[v])
+        live_scores = _masked_scores(
+            rt, cap.views[v], acts[v, idx], targets, probabilities=False, pgc_masks=True, bar=bar
+        )
+        zero_scores = rt.forward(torch.zeros_like(cap.views[v : v + 1]))[0, targets]
+        bar.update(1)
+        s = zero_scores[:, None].expand(len(rows), n_ch).clone()
+        s[:, idx] = live_scores.T
+        scores[rows] = s
+    bar.close()
+    return torch.softmax(scores, dim=1)
