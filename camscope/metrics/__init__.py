@@ -1,0 +1,73 @@
+"""Metrics for saliency maps: faithfulness, localisation, map properties, sanity checks."""
+
+from __future__ import annotations
+
+from camscope.metrics.faithfulness import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AdicPerImage,
+    AdicResult,
+    CurveResult,
+    RoadResult,
+    average_drop_increase,
+    deletion_insertion,
+    noisy_linear_imputation,
+    road,
+)
+from camscope.metrics.localisation import (
+    Box,
+    boxes_to_mask,
+    energy_pointing_game,
+    find_boxes,
+    load_boxes,
+    pointing_game,
+    region_mask,
+    scale_boxes,
+)
+from camscope.metrics.maps import (
+    Agreement,
+    concentration,
+    is_degenerate,
+    pairwise_agreement,
+    spearman,
+    top_iou,
+)
+from camscope.metrics.sanity import (
+    cascading_randomization,
+    compare_maps,
+    randomization_layers,
+    sanity_verdict,
+    ssim,
+)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "AdicPerImage",
+    "AdicResult",
+    "Agreement",
+    "Box",
+    "CurveResult",
+    "RoadResult",
+    "average_drop_increase",
+    "boxes_to_mask",
+    "cascading_randomization",
+    "compare_maps",
+    "concentration",
+    "deletion_insertion",
+    "energy_pointing_game",
+    "find_boxes",
+    "is_degenerate",
+    "load_boxes",
+    "noisy_linear_imputation",
+    "pairwise_agreement",
+    "pointing_game",
+    "randomization_layers",
+    "region_mask",
+    "road",
+    "sanity_verdict",
+    "scale_boxes",
+    "spearman",
+    "ssim",
+    "top_iou",
+]
