@@ -1,0 +1,180 @@
+"""Command-line interface: ``camscope explain|methods|models ...``.
+
+Errors the user can fix are printed as one line (``camscope: error: ...``) with exit code 2;
+a run in which some images failed exits with 1 after finishing the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from camscope.errors import CamscopeError
+
+logger = logging.getLogger("camscope")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="resnet50", help="torchvision classification model (default: resnet50)")
+    g.add_argument(
+        "--weights-tag",
+        default="IMAGENET1K_V1",
+        help="entry of the model's torchvision weights enum (IMAGENET1K_V1, DEFAULT, ...) or 'none' "
+        "for random weights (default: IMAGENET1K_V1)",
+    )
+    g.add_argument("--weights", dest="weights_file", metavar="FILE", help="local state dict (loaded with weights_only=True)")
+    g.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that needs arbitrary unpickling (runs its code!)")
+    g.add_argument("--labels", metavar="FILE", help="class names: one per line, or JSON")
+    g.add_argument("--layer", help="target layer as a dotted module path, e.g. layer4.2 (default: per architecture)")
+    g.add_argument("--preprocess", choices=("classic", "weights"), default="classic",
+                   help="classic: resize to 224x224, map covers the whole photo; weights: the weights' "
+                   "resize + centre crop, map covers the crop (default: classic)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from camscope import __version__
+    from camscope.methods.registry import METHODS, method_names
+    from camscope.smoothing import SMOOTHINGS
+
+    names = method_names()
+    parser = argparse.ArgumentParser(
+        prog="camscope",
+        description="Explain what an image classifier looked at: class activation maps, measured.",
+    )
+    parser.add_argument("--version", action="version", version=f"camscope {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("explain", help="compute CAMs for images and folders of images")
+    ex.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    ex.add_argument("--out", required=True, help="output directory (nothing is written outside it)")
+    _add_model_args(ex)
+    g = ex.add_argument_group("methods")
+    g.add_argument(
+        "--methods",
+        default="gradcam,ablationcam,scorecam",
+        help=f"comma-separated, or 'all' (choices: {', '.join(names)}; default: gradcam,ablationcam,scorecam)",
+    )
+    g.add_argument(
+        "--smooth",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help=f"add a smoothed variant next to the plain maps: {', '.join(SMOOTHINGS)} or a combination "
+        "like 'eigen,aug' (repeatable)",
+    )
+    g.add_argument("--class", dest="target_class", help="class to explain: index or name (default: predicted)")
+    g.add_argument("--top-k", type=int, default=1, help="explain the K best predicted classes (default: 1)")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="precision of the many-forward methods (Score-/Ablation-CAM); default fp32")
+    g.add_argument("--batch-size", type=int, default=32, help="channels per forward pass for Score-/Ablation-CAM")
+    g.add_argument("--images-per-batch", type=int, default=4, help="images per capture (default: 4)")
+    o = ex.add_argument_group("output")
+    o.add_argument("--colormap", default="jet", help="matplotlib colour map for overlays (default: jet)")
+    o.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the heat map (default: 0.5)")
+    o.add_argument("--no-figures", dest="figures", action="store_false", help="skip comparison figures")
+    o.add_argument("--force", action="store_true", help="recompute finished images / overwrite a run with other settings")
+    o.add_argument("--fail-fast", action="store_true", help="stop at the first image that fails")
+    o.add_argument("--quiet", action="store_true", help="no progress bars")
+    ex.set_defaults(func=_cmd_explain, method_registry=METHODS)
+
+    me = sub.add_parser("methods", help="list the registered CAM methods")
+    me.set_defaults(func=_cmd_methods)
+    mo = sub.add_parser("models", help="list torchvision classification models")
+    mo.set_defaults(func=_cmd_models)
+    return parser
+
+
+def _split_methods(spec: str) -> list[str]:
+    from camscope.methods.registry import method_names
+
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if parts == ["all"]:
+        return method_names()
+    return parts
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from camscope.pipeline import ExplainOptions, run_explain
+
+    opts = ExplainOptions(
+        model=args.model,
+        weights_tag=args.weights_tag,
+        weights_file=args.weights_file,
+        labels=args.labels,
+        preprocess=args.preprocess,
+        layer=args.layer,
+        methods=_split_methods(args.methods),
+        smoothing=args.smooth,
+        target_class=args.target_class,
+        top_k=args.top_k,
+        device=args.device,
+        batch_size=args.batch_size,
+        images_per_batch=args.images_per_batch,
+        precision=args.precision,
+        colormap=args.colormap,
+        alpha=args.alpha,
+        figures=args.figures,
+        quiet=args.quiet,
+        force=args.force,
+        fail_fast=args.fail_fast,
+        trust_checkpoint=args.trust_checkpoint,
+    )
+    res = run_explain(args.images, args.out, opts)
+    msg = (
+        f"{len(res.completed)} images explained, {len(res.skipped)} already complete, "
+        f"{len(res.failed)} failed -> {res.out} ({res.seconds:.1f} s)"
+    )
+    logger.warning(msg) if res.failed else logger.info(msg)
+    return res.exit_code
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from camscope.methods.registry import METHODS, method_names
+
+    method_names()
+    for spec in METHODS.values():
+        sys.stdout.write(f"{spec.name:24s} {spec.title:38s} {spec.paper}\n")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from camscope.models import classification_models
+
+    sys.stdout.write("\n".join(classification_models()) + "\n")
+    return 0
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Log camscope's own messages to stderr as ``camscope: ...`` (other libraries stay quiet)."""
+    if any(getattr(h, "_camscope", False) for h in logger.handlers):
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("camscope: %(message)s"))
+    handler._camscope = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except CamscopeError as exc:
+        sys.stderr.write(f"camscope: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("camscope: interrupted; re-run the same command to resume\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

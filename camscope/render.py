@@ -1,0 +1,120 @@
+"""Rendering: colour-mapped overlays and side-by-side comparison figures."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["colorize", "overlay", "Panel", "comparison_figure", "png_bytes", "resize_map"]
+
+
+def colorize(saliency: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """(H,W) map in [0,1] -> (H,W,3) uint8 RGB through a matplotlib colour map."""
+    import matplotlib
+
+    try:
+        cmap = matplotlib.colormaps[colormap]
+    except KeyError:
+        from camscope.errors import UsageError
+
+        raise UsageError(f"unknown colour map {colormap!r} (any matplotlib colour map name)") from None
+    rgba = cmap(np.clip(saliency, 0.0, 1.0))
+    return (rgba[..., :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def resize_map(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map to ``size`` = (width, height)."""
+    if saliency.shape[::-1] == tuple(size):
+        return saliency.astype(np.float32)
+    img = Image.fromarray(saliency.astype(np.float32), mode="F")
+    return np.asarray(img.resize(size, Image.BILINEAR), dtype=np.float32)
+
+
+def _limit(photo: Image.Image, max_side: int | None) -> Image.Image:
+    if max_side is None or max(photo.size) <= max_side:
+        return photo
+    s = max_side / max(photo.size)
+    return photo.resize((max(1, round(photo.width * s)), max(1, round(photo.height * s))), Image.BILINEAR)
+
+
+def overlay(
+    photo: Image.Image,
+    saliency: np.ndarray,
+    *,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    max_side: int | None = 1024,
+) -> Image.Image:
+    """Blend the colour-mapped map over the photo: ``(1 - alpha) * photo + alpha * heat``.
+
+    The map is resized bilinearly to the photo (capped at ``max_side`` pixels on its long side).
+    """
+    photo = _limit(photo.convert("RGB"), max_side)
+    heat = colorize(resize_map(saliency, photo.size), colormap).astype(np.float32)
+    base = np.asarray(photo, dtype=np.float32)
+    out = (1.0 - alpha) * base + alpha * heat
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a comparison figure: a title and a map (None = the photo itself)."""
+
+    title: str
+    saliency: np.ndarray | None = None
+
+
+def comparison_figure(
+    photo: Image.Image,
+    rows: Sequence[Sequence[Panel]],
+    *,
+    suptitle: str = "",
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    panel_inches: float = 2.6,
+) -> bytes:
+    """A PNG: one row per smoothing variant, the photo first, then one panel per method."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    photo = _limit(photo.convert("RGB"), 448)
+    n_cols = 1 + max(len(r) for r in rows)
+    aspect = min(max(photo.height / photo.width, 0.4), 2.5)
+    row_inches = panel_inches * aspect + 0.45  # room for two-line titles
+    fig = Figure(figsize=(panel_inches * n_cols, row_inches * len(rows) + (0.4 if suptitle else 0.0)))
+    axes = fig.subplots(len(rows), n_cols, squeeze=False)
+    for r, row in enumerate(rows):
+        ax = axes[r][0]
+        if r == 0:
+            ax.imshow(photo)
+            ax.set_title("photo", fontsize=9)
+        ax.axis("off")
+        for c in range(1, n_cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c - 1 < len(row):
+                panel = row[c - 1]
+                img = photo if panel.saliency is None else overlay(
+                    photo, panel.saliency, alpha=alpha, colormap=colormap, max_side=None
+                )
+                ax.imshow(img)
+                ax.set_title(panel.title, fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """Encode a PIL image as PNG bytes."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
