@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=1, help="explain the K best predicted classes (default: 1)")
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="precision of the many-forward methods (Score-/Ablation-CAM); default fp32")
-    g.add_argument("--batch-size", type=int, default=32, help="channels per forward pass for Score-/Ablation-CAM")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="rows per forward pass for Score-/Ablation-CAM (default: 32 full forwards, 256 tails)")
     g.add_argument("--images-per-batch", type=int, default=4, help="images per capture (default: 4)")
     o = ex.add_argument_group("output")
     o.add_argument("--colormap", default="jet", help="matplotlib colour map for overlays (default: jet)")

@@ -50,7 +50,7 @@ class ExplainOptions:
     target_class: str | None = None
     top_k: int = 1
     device: str | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     images_per_batch: int = 4
     precision: str = "fp32"
     colormap: str = "jet"

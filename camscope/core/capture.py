@@ -75,10 +75,10 @@ class Runtime:
 
     model: nn.Module
     split: Any
-    batch_size: int = 32
+    batch_size: int | None = None
     precision: str = "fp32"
     progress: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None
     _device: torch.device | None = field(default=None, repr=False)
 
     @property
@@ -87,6 +87,10 @@ class Runtime:
             p = next(iter(self.model.parameters()), None)
             self._device = p.device if p is not None else torch.device("cpu")
         return self._device
+
+    def batch(self, default: int) -> int:
+        """Rows per forward pass: the user's ``batch_size``, else the method's measured default."""
+        return self.batch_size or default
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast context for the chosen precision (a no-op for fp32)."""
@@ -97,7 +101,8 @@ class Runtime:
 
     def forward(self, x: Tensor) -> Tensor:
         """Full-model logits of a batch, float32."""
-        if self.channels_last and x.dim() == 4:
+        cl = self.device.type == "cpu" if self.channels_last is None else self.channels_last
+        if cl and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self.autocast():
             return self.model(x).float()

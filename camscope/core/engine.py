@@ -61,7 +61,7 @@ class CamEngine:
         methods: Sequence[str] = ("gradcam", "ablationcam", "scorecam"),
         smoothing: Sequence[str] | str | None = None,
         normalization: tuple[Sequence[float], Sequence[float]] | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         precision: str = "fp32",
         progress: bool = False,
         allow_trace: bool = True,
@@ -72,7 +72,7 @@ class CamEngine:
 
         if precision not in PRECISIONS:
             raise UsageError(f"unknown precision {precision!r}; choose from: {', '.join(PRECISIONS)}")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise UsageError(f"batch size must be at least 1, not {batch_size}")
         self.model = model
         with model_state_guard(model), torch.no_grad():
@@ -184,7 +184,7 @@ def compute_cams(
     top_k: int = 1,
     smoothing: Sequence[str] | str | None = None,
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     precision: str = "fp32",
     progress: bool = False,
 ) -> CamResult:

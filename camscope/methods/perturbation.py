@@ -17,6 +17,10 @@ from camscope.core.capture import Capture, Runtime
 from camscope.methods.registry import register
 
 _PGC_EPS = 1e-8
+#: Default rows per pass, measured on ResNet-50 (benchmarks/): the tail at layer4 is cheap per
+#: row, so large batches amortise its overhead; full forwards saturate at a few tens of images.
+TAIL_BATCH = 256
+FORWARD_BATCH = 32
 
 
 def _progress(total: int, rt: Runtime, desc: str):
@@ -42,20 +46,25 @@ def ablationcam(cap: Capture, rt: Runtime) -> Tensor:
     acts = cap.view_activations
     _, k, h, w = acts.shape
     weights = torch.zeros(cap.targets.shape[0], k, device=acts.device)
+    bs = rt.batch(TAIL_BATCH)
     live_per_view = {v: (acts[v].flatten(1) != 0).any(dim=1).nonzero()[:, 0] for v, _ in cap.rows_by_view()}
     bar = _progress(sum(len(x) for x in live_per_view.values()), rt, "ablation-cam")
     for v, rows in cap.rows_by_view():
         live = live_per_view[v]
         targets = cap.targets[rows]
         base = cap.view_logits[v, targets]  # (m,)
-        index = torch.full((rt.batch_size,), v, dtype=torch.long, device=acts.device)
+        index = torch.full((bs,), v, dtype=torch.long, device=acts.device)
         drops = torch.empty(len(live), len(rows), device=acts.device)
-        for start in range(0, len(live), rt.batch_size):
-            chunk = live[start : start + rt.batch_size]
+        # One buffer of copies of A per view; each chunk zeroes one channel per row and puts the
+        # values back afterwards, so only n*h*w numbers change per chunk, not n*K*h*w.
+        buf = acts[v].expand(min(bs, len(live)), k, h, w).clone()
+        for start in range(0, len(live), bs):
+            chunk = live[start : start + bs]
             n = len(chunk)
-            batch = acts[v].expand(n, k, h, w).clone()
-            batch[torch.arange(n, device=acts.device), chunk] = 0
-            logits = rt.tail(batch, cap.carry, index[:n])
+            diag = (torch.arange(n, device=acts.device), chunk)
+            buf[diag] = 0
+            logits = rt.tail(buf[:n], cap.carry, index[:n])
+            buf[diag] = acts[v, chunk]
             drops[start : start + n] = logits[:, targets]
             bar.update(n)
         weights[rows[:, None], live[None, :]] = ((base[None, :] - drops) / base[None, :]).T
@@ -80,9 +89,10 @@ def _masked_scores(
     align_corners=True with its 1e-8 guard).
     """
     size = image.shape[-2:]
+    bs = rt.batch(FORWARD_BATCH)
     out = torch.empty(acts.shape[0], len(targets), device=image.device)
-    for start in range(0, acts.shape[0], rt.batch_size):
-        a = acts[start : start + rt.batch_size].float()
+    for start in range(0, acts.shape[0], bs):
+        a = acts[start : start + bs].float()
         up = F.interpolate(a[:, None], size=size, mode="bilinear", align_corners=pgc_masks)[:, 0]
         flat = up.flatten(1)
         lo = flat.min(dim=1).values[:, None, None]
