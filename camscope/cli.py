@@ -83,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     ex.set_defaults(func=_cmd_explain, method_registry=METHODS)
 
+    de = sub.add_parser(
+        "demo",
+        help="explain scikit-image's public-domain demo photos end to end (needs camscope[demo])",
+    )
+    de.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    de.add_argument("--methods", default="gradcam,ablationcam,scorecam", help="as for explain")
+    de.add_argument("--weights", dest="weights_file", metavar="FILE", help="local ResNet-50 state dict")
+    de.add_argument("--device", default=None)
+    de.add_argument("--quiet", action="store_true")
+    de.set_defaults(func=_cmd_demo)
+
     me = sub.add_parser("methods", help="list the registered CAM methods")
     me.set_defaults(func=_cmd_methods)
     mo = sub.add_parser("models", help="list torchvision classification models")
@@ -131,6 +142,61 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         f"{len(res.failed)} failed -> {res.out} ({res.seconds:.1f} s)"
     )
     logger.warning(msg) if res.failed else logger.info(msg)
+    return res.exit_code
+
+
+DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Write scikit-image's demo photos under OUT/photos and run the classic study on them.
+
+    ImageNet weights are used when they are cached or can be downloaded; when they cannot (no
+    network), the demo says so and runs with random weights so that every step can still be
+    seen — every output of such a run is marked "random (no weights)" in manifest.json.
+    """
+    from pathlib import Path
+
+    from camscope.errors import UsageError, WeightsError
+    from camscope.io.atomic import atomic_save
+    from camscope.models import imagenet_categories, imagenet_wnids, load_model
+    from camscope.pipeline import ExplainOptions, _pick_device, run_explain
+
+    try:
+        import skimage.data
+    except ImportError:
+        raise UsageError("the demo needs scikit-image: pip install 'camscope[demo]'") from None
+    from PIL import Image
+
+    out = Path(args.out)
+    photos = out / "photos"
+    for name in DEMO_PHOTOS:
+        target = photos / f"{name}.png"
+        if not target.exists():
+            img = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+            atomic_save(target, lambda f, img=img: img.save(f, format="PNG"))
+    opts = ExplainOptions(
+        methods=_split_methods(args.methods),
+        smoothing=["eigen,aug"],
+        weights_file=args.weights_file,
+        device=args.device,
+        quiet=args.quiet,
+    )
+    device = _pick_device(args.device)
+    try:
+        loaded = load_model(
+            "resnet50", weights_file=args.weights_file, device=device, progress=not args.quiet
+        )
+    except WeightsError as exc:
+        logger.warning("%s", exc)
+        logger.warning(
+            "demo: continuing with RANDOM weights so the pipeline can be seen end to end; "
+            "the maps say nothing about a trained model"
+        )
+        loaded = load_model("resnet50", weights_tag=None, device=device)
+        loaded.categories, loaded.wnids = imagenet_categories(), imagenet_wnids()
+    res = run_explain([photos], out / "run", opts, loaded=loaded)
+    logger.info("demo: %d photos explained -> %s", len(res.completed) + len(res.skipped), out / "run")
     return res.exit_code
 
 

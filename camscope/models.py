@@ -244,6 +244,13 @@ def _preprocess_for(weights: Any, mode: str) -> Preprocess:
     )
 
 
+def imagenet_categories() -> list[str]:
+    """ImageNet-1k class names from torchvision's weights metadata (nothing is downloaded)."""
+    import torchvision.models as tvm
+
+    return list(tvm.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
 def imagenet_wnids() -> list[str]:
     """The 1000 ImageNet-1k WordNet ids in class-index order."""
     text = (Path(__file__).parent / "data" / "imagenet_wnids.txt").read_text()
