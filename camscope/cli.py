@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.set_defaults(func=_cmd_demo)
 
     me = sub.add_parser("methods", help="list the registered CAM methods")
+    me.add_argument("--markdown", action="store_true", help="print the README's method table")
     me.set_defaults(func=_cmd_methods)
     mo = sub.add_parser("models", help="list torchvision classification models")
     mo.set_defaults(func=_cmd_models)
@@ -204,9 +205,29 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     from camscope.methods.registry import METHODS, method_names
 
     method_names()
+    if args.markdown:
+        sys.stdout.write(methods_markdown() + "\n")
+        return 0
     for spec in METHODS.values():
         sys.stdout.write(f"{spec.name:24s} {spec.title:38s} {spec.paper}\n")
     return 0
+
+
+def methods_markdown() -> str:
+    """The method table of the README, generated from the registry."""
+    from camscope.methods.registry import METHODS, method_names
+
+    method_names()
+    lines = [
+        "| `--methods` name | method | paper | weights (equation) | passes per image |",
+        "|---|---|---|---|---|",
+    ]
+    for s in METHODS.values():
+        passes = "1 fwd + 1 bwd to layer" if s.needs_gradients else (
+            "1 fwd" if s.forward_passes == "0" else s.forward_passes
+        )
+        lines.append(f"| `{s.name}` | {s.title} | [{s.paper}]({s.url}) | {s.equation} | {passes} |")
+    return "\n".join(lines)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

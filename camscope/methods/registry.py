@@ -71,9 +71,15 @@ def register(
     return deco
 
 
+_BUILTIN = ("gradient", "eigen", "perturbation")  # import order = table order
+
+
 def _load_builtin() -> None:
-    # Importing the modules registers their methods.
-    from camscope.methods import eigen, gradient, perturbation  # noqa: F401
+    """Import the built-in method modules, which registers their methods."""
+    import importlib
+
+    for mod in _BUILTIN:
+        importlib.import_module(f"camscope.methods.{mod}")
 
 
 def method_names() -> list[str]:
