@@ -8,6 +8,7 @@ the tail runs on activations that require grad, so the backward pass stops at th
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,7 @@ class Runtime:
     progress: bool = False
     channels_last: bool | None = None
     _device: torch.device | None = field(default=None, repr=False)
+    _fast_model: nn.Module | None = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -100,12 +102,24 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Full-model logits of a batch, float32."""
+        """Full-model logits of a batch, float32.
+
+        On CPU the batch runs channels-last through a channels-last copy of the model (made once
+        per engine call, so the user's model is never converted and never goes stale).
+        """
         cl = self.device.type == "cpu" if self.channels_last is None else self.channels_last
+        model = self.model
         if cl and x.dim() == 4:
+            if self._fast_model is None:
+                self._fast_model = copy.deepcopy(self.model).to(memory_format=torch.channels_last)
+            model = self._fast_model
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self.autocast():
-            return self.model(x).float()
+            return model(x).float()
+
+    def reset(self) -> None:
+        """Forget per-call state (the channels-last copy of the model)."""
+        self._fast_model = None
 
     def tail(self, acts: Tensor, carry: Any, index: Tensor | None = None) -> Tensor:
         """Logits from (possibly modified) target-layer activations, float32."""
@@ -116,11 +130,16 @@ class Runtime:
 @contextlib.contextmanager
 def model_state_guard(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode for the duration; restore every module's training flag and
-    every parameter's ``.grad`` afterwards, also when an exception escapes."""
+    every parameter's ``.grad`` afterwards, also when an exception escapes.
+
+    ``.grad`` is set to None for the duration, so that a backward through the parameters (e.g.
+    by a user-registered method) accumulates into new tensors, not into the caller's."""
     flags = [(m, m.training) for m in model.modules()]
     grads = [(p, p.grad) for p in model.parameters()]
     try:
         model.eval()
+        for p, _ in grads:
+            p.grad = None
         yield model
     finally:
         for m, flag in flags:
@@ -152,6 +171,14 @@ def capture(
     """
     with torch.no_grad():
         acts, carry = split.head(views)
+    if not isinstance(acts, torch.Tensor) or acts.dim() != 4:
+        from camscope.errors import UsageError
+
+        got = f"shape {tuple(acts.shape)}" if isinstance(acts, torch.Tensor) else f"a {type(acts).__name__}"
+        raise UsageError(
+            f"layer {split.layer!r} outputs {got}, not a 4-D (N, C, h, w) feature map; "
+            "choose a convolutional layer"
+        )
     acts = acts.detach()
     with torch.enable_grad() if need_gradients else torch.no_grad():
         a = acts.clone().requires_grad_(need_gradients)

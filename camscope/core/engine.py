@@ -100,7 +100,10 @@ class CamEngine:
                 default: the ``top_k`` predicted classes.
         """
         with model_state_guard(self.model):
-            return self._run(images, targets, top_k)
+            try:
+                return self._run(images, targets, top_k)
+            finally:
+                self.runtime.reset()
 
     def _run(self, images: Tensor, targets, top_k: int) -> CamResult:
         b = images.shape[0]

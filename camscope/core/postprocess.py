@@ -12,7 +12,7 @@ from torch import Tensor
 
 __all__ = ["weighted_activations", "reduce_sum", "first_component", "finalize", "normalize"]
 
-_EPS = 1e-12
+_REL_EPS = 1e-6
 
 
 def weighted_activations(weights: Tensor, activations: Tensor) -> Tensor:
@@ -67,12 +67,19 @@ def first_component(weighted: Tensor, reference: Tensor | None = None) -> Tensor
 
 
 def normalize(maps: Tensor) -> Tensor:
-    """Min-max normalise each map of a (B,H,W) batch to [0,1]; a constant map becomes all zeros."""
+    """Min-max normalise each map of a (B,H,W) batch to [0,1]; a constant map becomes all zeros.
+
+    Scale-free: a map counts as constant when its range is negligible against its magnitude
+    (rounding noise, ``_REL_EPS``), not when its values are small in absolute terms (the
+    gradients of a random or saturated network can be ~1e-10)."""
     flat = maps.reshape(maps.shape[0], -1)
     lo = flat.min(dim=1, keepdim=True).values
     hi = flat.max(dim=1, keepdim=True).values
     span = hi - lo
-    out = torch.where(span > _EPS, (flat - lo) / span.clamp_min(_EPS), torch.zeros_like(flat))
+    tiny = torch.finfo(flat.dtype).tiny if flat.is_floating_point() else 0.0
+    ok = (span > _REL_EPS * torch.maximum(hi.abs(), lo.abs())) & (span > tiny)
+    safe = torch.where(ok, span, torch.ones_like(span))
+    out = torch.where(ok, (flat - lo) / safe, torch.zeros_like(flat))
     return out.reshape(maps.shape)
 
 

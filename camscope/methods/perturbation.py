@@ -86,25 +86,42 @@ def _masked_scores(
 
     Returns (n_channels, n_targets). Masks: min-max normalised bilinear upsampling of A_k
     (official Score-CAM: align_corners=False; ``pgc_masks``: pytorch-grad-cam's
-    align_corners=True with its 1e-8 guard).
+    align_corners=True with its 1e-8 guard). Bilinear upsampling is linear, so channels whose
+    maps are positive affine images of each other (A_j = a A_i + b, a > 0) have the same mask:
+    each distinct mask is evaluated once.
     """
     size = image.shape[-2:]
     bs = rt.batch(FORWARD_BATCH)
-    out = torch.empty(acts.shape[0], len(targets), device=image.device)
-    for start in range(0, acts.shape[0], bs):
-        a = acts[start : start + bs].float()
+    flat = acts.flatten(1).float()
+    lo, hi = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
+    key = torch.round((flat - lo) / (hi - lo).clamp_min(1e-30) * 2**20)
+    _, first, inverse = _unique_rows(key)
+    distinct = acts[first]
+    out = torch.empty(len(first), len(targets), device=image.device)
+    for start in range(0, len(first), bs):
+        a = distinct[start : start + bs].float()
         up = F.interpolate(a[:, None], size=size, mode="bilinear", align_corners=pgc_masks)[:, 0]
-        flat = up.flatten(1)
-        lo = flat.min(dim=1).values[:, None, None]
-        hi = flat.max(dim=1).values[:, None, None]
-        span = hi - lo + _PGC_EPS if pgc_masks else (hi - lo)
-        masks = (up - lo) / span
+        up_flat = up.flatten(1)
+        lo_up = up_flat.min(dim=1).values[:, None, None]
+        hi_up = up_flat.max(dim=1).values[:, None, None]
+        span = hi_up - lo_up + _PGC_EPS if pgc_masks else (hi_up - lo_up)
+        masks = (up - lo_up) / span
         logits = rt.forward(image[None] * masks[:, None])
         scores = torch.softmax(logits, dim=1) if probabilities else logits
         out[start : start + a.shape[0]] = scores[:, targets]
         if bar is not None:
             bar.update(a.shape[0])
-    return out
+    if bar is not None:
+        bar.update(acts.shape[0] - len(first))
+    return out[inverse]
+
+
+def _unique_rows(key: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(unique rows, index of each unique row's first occurrence, inverse map) of a 2-D tensor."""
+    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.full((len(uniq),), key.shape[0], dtype=torch.long, device=key.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(key.shape[0], device=key.device), "amin")
+    return uniq, first, inverse
 
 
 def _nonconstant(acts: Tensor) -> Tensor:
