@@ -1,0 +1,27 @@
+"""Measured reports of an explain run: ``DIR/report.html``, ``metrics.csv``, ``summary.json``.
+
+``evaluate_run`` measures the saved maps (cached in ``DIR/metrics/``), ``write_report`` renders
+them, ``build_report`` does both; ``findings`` turns numbers into sentences.
+"""
+
+from __future__ import annotations
+
+from camscope.report.commands import build_report, report_after_explain
+from camscope.report.evaluate import DEFAULT_STEPS, EvaluationResult, evaluate_run
+from camscope.report.findings import image_findings, run_findings
+from camscope.report.html import ReportFiles, write_report
+from camscope.report.summary import metric_rows, summarize
+
+__all__ = [
+    "DEFAULT_STEPS",
+    "EvaluationResult",
+    "ReportFiles",
+    "build_report",
+    "evaluate_run",
+    "image_findings",
+    "metric_rows",
+    "report_after_explain",
+    "run_findings",
+    "summarize",
+    "write_report",
+]

@@ -1,0 +1,212 @@
+"""Report logic without a model: written findings, summary/ranking, boxes in the input frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from camscope.metrics import Box, boxes_to_mask
+from camscope.models import Preprocess
+from camscope.report.evaluate import boxes_to_input_frame, map_properties
+from camscope.report.findings import best_variant, image_findings, run_findings
+from camscope.report.summary import metric_rows, summarize
+
+
+def _v(method: str, smoothing: str = "", **kw: object) -> dict:
+    title = {"gradcam": "Grad-CAM", "ablationcam": "Ablation-CAM", "scorecam": "Score-CAM"}[method]
+    label = f"{title} +{smoothing}" if smoothing else title
+    return {"method": method, "smoothing": smoothing, "label": label, "degenerate": None, **kw}
+
+
+def _pair(a: str, b: str, rho: float, iou: float) -> dict:
+    return {"a": a, "b": b, "spearman": rho, "top_iou": iou}
+
+
+def _record(entry: dict, **kw: object) -> dict:
+    rec = {"rel": "x.jpg", "top5": [{"class": 1, "name": "tabby", "prob": 0.6}], "true_class": None,
+           "correct": None, "targets": [entry]}
+    rec.update(kw)
+    return rec
+
+
+def test_agreement_and_outlier() -> None:
+    entry = {
+        "rank": 0, "class": 1, "name": "tabby",
+        "variants": {
+            "gradcam": _v("gradcam", region="centre"),
+            "ablationcam": _v("ablationcam", region="centre"),
+            "scorecam": _v("scorecam", region="top-left"),
+        },
+        "agreement": [
+            _pair("gradcam", "ablationcam", 0.97, 0.81),
+            _pair("gradcam", "scorecam", 0.10, 0.05),
+            _pair("ablationcam", "scorecam", 0.12, 0.08),
+        ],
+    }
+    f = image_findings(_record(entry))
+    assert (
+        "Grad-CAM and Ablation-CAM agree closely (Spearman 0.97, top-15% IoU 0.81); both peak in the centre." in f
+    )
+    assert "Score-CAM disagrees with all other methods (max Spearman 0.12, max top-15% IoU 0.08)." in f
+
+
+def test_all_agree_and_two_disagree() -> None:
+    names = ("gradcam", "ablationcam", "scorecam")
+    entry = {
+        "variants": {n: _v(n, region="right") for n in names},
+        "agreement": [_pair("gradcam", "ablationcam", 0.9, 0.7), _pair("gradcam", "scorecam", 0.85, 0.6),
+                      _pair("ablationcam", "scorecam", 0.95, 0.8)],
+    }
+    f = image_findings(_record(entry))
+    assert f == [
+        "All 3 methods (Grad-CAM, Ablation-CAM and Score-CAM) agree closely (Spearman >= 0.85, "
+        "top-15% IoU >= 0.60); all peak in the right."
+    ]
+    two = {"variants": {"gradcam": _v("gradcam"), "scorecam": _v("scorecam")},
+           "agreement": [_pair("gradcam", "scorecam", 0.05, 0.02)]}
+    assert image_findings(_record(two)) == ["Grad-CAM and Score-CAM disagree (Spearman 0.05, top-15% IoU 0.02)."]
+
+
+def test_degenerate_map_is_named_and_left_out_of_agreement() -> None:
+    entry = {
+        "variants": {"gradcam": _v("gradcam"), "ablationcam": _v("ablationcam"),
+                     "scorecam": _v("scorecam", degenerate="near-empty")},
+        "agreement": [_pair("gradcam", "ablationcam", 0.2, 0.1), _pair("gradcam", "scorecam", 0.0, 0.0),
+                      _pair("ablationcam", "scorecam", 0.0, 0.0)],
+    }
+    f = image_findings(_record(entry))
+    assert "Score-CAM is degenerate here: its map is near-empty (a few isolated hot pixels)." in f
+    assert not any("disagrees with all" in s for s in f)  # only two live methods left
+    assert "Grad-CAM and Ablation-CAM disagree (Spearman 0.20, top-15% IoU 0.10)." in f
+
+
+def test_misclassified_without_boxes_says_where_maxima_are() -> None:
+    entry = {"rank": 0, "class": 7, "name": "lynx",
+             "variants": {"gradcam": _v("gradcam", region="centre"), "scorecam": _v("scorecam", region="bottom"),
+                          "gradcam+aug": _v("gradcam", "aug", region="left")},
+             "agreement": []}
+    rec = _record(entry, top5=[{"class": 7, "name": "lynx", "prob": 0.51}, {"class": 2, "name": "x", "prob": 0.2},
+                               {"class": 1, "name": "tabby", "prob": 0.1}],
+                  true_class=1, true_name="tabby", correct=False)
+    f = image_findings(rec)
+    assert f[0] == (
+        "Misclassified: the model predicted 'lynx' (p = 0.51) but the true class is 'tabby' (ranked 3 with "
+        "p = 0.10). The maps explain 'lynx' and point at the centre (Grad-CAM) and the bottom (Score-CAM)."
+    )
+    rec["top5"] = rec["top5"][:1]
+    assert "(not in the top 5)" in image_findings(rec)[0]
+
+
+def test_misclassified_with_boxes_uses_pointing_game() -> None:
+    entry = {"rank": 0, "class": 7, "name": "lynx",
+             "variants": {"gradcam": _v("gradcam", pointing_game=True, energy_pg=0.6),
+                          "scorecam": _v("scorecam", pointing_game=False, energy_pg=0.3)},
+             "agreement": []}
+    rec = _record(entry, top5=[{"class": 7, "name": "lynx", "prob": 0.5}], true_class=1, true_name="tabby",
+                  correct=False, box_fraction=0.2)
+    f = image_findings(rec)
+    assert f[0].endswith(
+        "point at the annotated object for 1 of 2 maps (pointing game), with 45% of their energy in the box "
+        "on average (the box covers 20% of the image)."
+    )
+    rec["correct"] = True
+    f = image_findings(rec)
+    assert f[0] == "Correctly classified as 'tabby' (p = 0.50)."
+    assert (
+        "1 of 2 maps point inside the annotated object (pointing game); the energy inside the box ranges "
+        "from 30% (Score-CAM) to 60% (Grad-CAM), against 20% for a uniform map." in f
+    )
+
+
+def test_best_method_and_smoothing() -> None:
+    entry = {
+        "variants": {
+            "gradcam": _v("gradcam", deletion_auc=0.2, insertion_auc=0.4),
+            "scorecam": _v("scorecam", deletion_auc=0.3, insertion_auc=0.35),
+            "gradcam+eigen+aug": _v("gradcam", "eigen+aug", deletion_auc=0.1, insertion_auc=0.5),
+        },
+        "agreement": [_pair("gradcam", "gradcam+eigen+aug", 0.95, 0.8)],
+    }
+    assert best_variant(entry) == "gradcam+eigen+aug"
+    f = image_findings(_record(entry))
+    assert (
+        "By insertion - deletion AUC, Grad-CAM +eigen+aug is the most faithful here (0.500 - 0.100 = 0.400); "
+        "the least faithful is Score-CAM (0.050)." in f
+    )
+    assert (
+        "eigen+aug smoothing changed the maps little (Spearman to the plain map 0.95) and raised the "
+        "insertion - deletion gap by 0.200 on average (1 of 1 methods improved)." in f
+    )
+    same = {"variants": {"gradcam": _v("gradcam", deletion_auc=0.2, insertion_auc=0.4),
+                         "scorecam": _v("scorecam", deletion_auc=0.21, insertion_auc=0.4)}, "agreement": []}
+    assert "none stands out" in image_findings(_record(same))[-1]
+    assert best_variant({"variants": {"gradcam": _v("gradcam")}}) is None
+
+
+def _rec2(rel: str, a: dict, b: dict, **kw: object) -> dict:
+    return {"rel": rel, "targets": [{"rank": 0, "class": 0, "name": "c", "variants": {"A": a, "B": b},
+                                     "agreement": [{"a": "A", "b": "B", "spearman": kw.pop("rho", 0.5),
+                                                    "top_iou": 0.4}]}], **kw}
+
+
+def test_summarize_mean_std_and_mean_rank_by_hand() -> None:
+    a1 = {"label": "A", "method": "A", "deletion_auc": 0.1, "insertion_auc": 0.5, "average_drop": 10.0}
+    b1 = {"label": "B", "method": "B", "deletion_auc": 0.2, "insertion_auc": 0.4, "average_drop": 20.0,
+          "degenerate": "empty"}
+    a2 = {"label": "A", "method": "A", "deletion_auc": 0.3, "insertion_auc": 0.4}
+    b2 = {"label": "B", "method": "B", "deletion_auc": 0.2, "insertion_auc": 0.6}
+    recs = [_rec2("p1", a1, b1, rho=0.2, correct=True), _rec2("p2", a2, b2, rho=0.6, correct=False)]
+    s = summarize(recs, ["A", "B"])
+    da = s["variants"]["A"]["metrics"]["deletion_auc"]
+    assert da["mean"] == pytest.approx(0.2) and da["std"] == pytest.approx(0.1) and da["n"] == 2
+    assert s["variants"]["A"]["metrics"]["average_drop"] == {"mean": 10.0, "std": 0.0, "n": 1}
+    assert s["variants"]["B"]["metrics"]["gap"]["mean"] == pytest.approx((0.2 + 0.4) / 2)
+    assert s["variants"]["B"]["metrics"]["degenerate"]["mean"] == pytest.approx(0.5)
+    # A: ranks 1,1,1 (p1: del, ins, AD) and 2,2 (p2) -> 1.4; B: 2,2,2,1,1 -> 1.6
+    assert s["variants"]["A"]["mean_rank"] == pytest.approx(1.4)
+    assert s["variants"]["B"]["mean_rank"] == pytest.approx(1.6)
+    assert s["ranking"] == ["A", "B"]
+    assert s["agreement"][0]["spearman_mean"] == pytest.approx(0.4)
+    f = run_findings(recs, s)
+    assert f[0].startswith("Over 2 photos, A has the best mean rank (1.40) across Deletion AUC, Insertion AUC")
+    assert "B was degenerate on 1 of 2 photos." in f
+    assert "1 of 2 photos with a known class were classified correctly; misclassified: p2." in f
+    rows = metric_rows(recs)
+    assert len(rows) == 4 and rows[1]["variant"] == "B" and rows[1]["degenerate"] == "empty"
+    assert rows[0]["gap"] == pytest.approx(0.4) and rows[2]["average_drop"] is None
+
+
+def test_map_properties_peak_region() -> None:
+    m = np.zeros((30, 30))
+    m[2:6, 24:28] = 1.0
+    p = map_properties(m)
+    assert p["region"] == "top-right" and p["degenerate"] is None
+    # centroid of the maxima (rows 2-5, columns 24-27) at pixel centres: (3.5 + 0.5) / 30, (25.5 + 0.5) / 30
+    assert p["peak"] == [pytest.approx(4 / 30, abs=1e-4), pytest.approx(26 / 30, abs=1e-4)]
+    assert map_properties(np.zeros((8, 8)))["degenerate"] == "empty"
+
+
+def test_boxes_to_input_frame_classic_and_box_frame() -> None:
+    pre = Preprocess("classic", (50, 100))  # H=50, W=100
+    assert boxes_to_input_frame([Box(20, 10, 120, 60)], (200, 100), pre) == [(10.0, 5.0, 60.0, 30.0)]
+    # the box file's own frame (100x100) differs from the photo (200x200): rescaled first
+    sq = Preprocess("classic", (50, 50))
+    assert boxes_to_input_frame([Box(10, 10, 20, 20, None, (100, 100))], (200, 200), sq) == [(5.0, 5.0, 10.0, 10.0)]
+
+
+def test_boxes_to_input_frame_centre_crop_matches_to_tensor() -> None:
+    pre = Preprocess("weights", (100, 100), 120)
+    # photo 300x200: scale 0.6 -> 180x120, crop offset left 40, top 10
+    box = Box(100, 50, 200, 150)
+    assert boxes_to_input_frame([box], (300, 200), pre) == [(20.0, 20.0, 80.0, 80.0)]
+    photo = np.zeros((200, 300, 3), np.uint8)
+    photo[50:150, 100:200] = 255
+    x = pre.to_tensor(Image.fromarray(photo))
+    mean = np.asarray(pre.mean)[:, None, None]
+    std = np.asarray(pre.std)[:, None, None]
+    bright = (x.numpy() * std + mean).mean(0) > 0.5
+    expected = boxes_to_mask(boxes_to_input_frame([box], (300, 200), pre), (100, 100))
+    assert (bright == expected).mean() > 0.98
+    # a box entirely outside the crop is dropped
+    assert boxes_to_input_frame([Box(0, 0, 30, 200)], (300, 200), pre) == []
