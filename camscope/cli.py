@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=None,
                    help="rows per forward pass for Score-/Ablation-CAM (default: 32 full forwards, 256 tails)")
     g.add_argument("--images-per-batch", type=int, default=4, help="images per capture (default: 4)")
+    g.add_argument("--max-pixels", type=int, default=89_478_485, metavar="N",
+                   help="refuse images with more pixels than this (decompression-bomb guard and memory "
+                   "bound, see docs/limits.md; default: 89478485, as Pillow)")
     o = ex.add_argument_group("output")
     o.add_argument("--colormap", default="jet", help="matplotlib colour map for overlays (default: jet)")
     o.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the heat map (default: 0.5)")
@@ -112,7 +115,13 @@ def _split_methods(spec: str) -> list[str]:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
+    from PIL import Image
+
     from camscope.pipeline import ExplainOptions, run_explain
+
+    if args.max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
+        # Pillow refuses outright above twice its own limit; the user asked for more, explicitly.
+        Image.MAX_IMAGE_PIXELS = args.max_pixels
 
     opts = ExplainOptions(
         model=args.model,
@@ -128,6 +137,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         images_per_batch=args.images_per_batch,
+        max_pixels=args.max_pixels,
         precision=args.precision,
         colormap=args.colormap,
         alpha=args.alpha,
@@ -237,12 +247,25 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the *current* ``sys.stderr`` (so repeated in-process ``main()`` calls, e.g. under
+    pytest's capture, never log to a stale or closed stream)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging(verbose: bool) -> None:
     """Log camscope's own messages to stderr as ``camscope: ...`` (other libraries stay quiet)."""
     if any(getattr(h, "_camscope", False) for h in logger.handlers):
         logger.setLevel(logging.DEBUG if verbose else logging.INFO)
         return
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("camscope: %(message)s"))
     handler._camscope = True  # type: ignore[attr-defined]
     logger.addHandler(handler)

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from camscope.errors import CamscopeError, UsageError
+from camscope.errors import CamscopeError, ImageLoadError, UsageError
 
 __all__ = ["ExplainOptions", "RunResult", "run_explain", "MANIFEST", "PREDICTIONS", "FAILURES"]
 
@@ -108,6 +109,22 @@ def _versions() -> dict[str, str]:
 
 
 def _check_writable(out: Path) -> None:
+    """Check, without creating anything, that ``out`` is a writable folder or can be made one."""
+    path = Path(os.path.abspath(out))
+    if os.path.lexists(path) and not path.is_dir():
+        what = "a broken symbolic link" if path.is_symlink() and not path.exists() else "not a directory"
+        raise UsageError(f"--out {out}: output path exists and is {what}")
+    existing = path
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent  # nearest existing ancestor: where mkdir would start
+    if not existing.is_dir():
+        raise UsageError(f"--out {out}: cannot create the output directory: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: output directory is not writable (permission denied on {existing})")
+
+
+def _make_out_dir(out: Path) -> None:
+    """Create ``out`` and prove it writable; called only once every argument has been checked."""
     from camscope.io.atomic import atomic_write_bytes
 
     try:
@@ -116,7 +133,28 @@ def _check_writable(out: Path) -> None:
         atomic_write_bytes(probe, b"")
         probe.unlink()
     except OSError as exc:
-        raise UsageError(f"{out}: output directory is not writable ({exc.strerror or exc})") from None
+        raise UsageError(f"--out {out}: output directory is not writable ({exc.strerror or exc})") from None
+
+
+def _check_layer(loaded: Any, layer: str) -> None:
+    """An explicit ``--layer`` must exist and output a 4-D feature map with more than 1x1 cells."""
+    from camscope.core.layers import check_spatial_layer, default_layer
+
+    h, w = loaded.preprocess.size
+    shape = check_spatial_layer(loaded.model, layer, (1, 3, h, w))
+    if shape[2] * shape[3] <= 1:
+        try:
+            hint = f" such as {default_layer(loaded.model, input_size=(1, 3, h, w))!r}"
+        except CamscopeError:
+            hint = ""
+        raise UsageError(
+            f"layer {layer!r} outputs shape {tuple(shape)}: a {shape[2]}x{shape[3]} map has no "
+            f"spatial extent to explain; choose an earlier convolutional layer{hint}"
+        )
+
+
+class _FailFast(Exception):
+    """Raised by the first failing image under --fail-fast (stops the run, not an error)."""
 
 
 def _pick_device(spec: str | None) -> torch.device:
@@ -198,7 +236,8 @@ def run_explain(
 ) -> RunResult:
     """Explain every image found in ``inputs`` and write the output tree under ``out``.
 
-    Every argument is checked before any image is processed. ``loaded`` may carry an already
+    Every argument is checked before any image is processed, and nothing is created under
+    ``out`` until all checks have passed (a usage error leaves no trace). ``loaded`` may carry an already
     built :class:`camscope.models.LoadedModel` (for any ``nn.Module``); otherwise the model is
     built from ``opts``.
     """
@@ -225,6 +264,10 @@ def run_explain(
         raise UsageError(f"--top-k must be at least 1, not {opts.top_k}")
     if not 0.0 <= opts.alpha <= 1.0:
         raise UsageError(f"--alpha must be in [0, 1], not {opts.alpha}")
+    if opts.images_per_batch < 1:
+        raise UsageError(f"--images-per-batch must be at least 1, not {opts.images_per_batch}")
+    if opts.max_pixels < 1:
+        raise UsageError(f"--max-pixels must be at least 1, not {opts.max_pixels}")
     colorize(np.zeros((1, 1)), opts.colormap)
     device = _pick_device(opts.device)
     images = find_images(inputs)
@@ -243,6 +286,8 @@ def run_explain(
         )
     if opts.labels:
         loaded.categories = load_class_names(opts.labels)
+    if opts.layer:
+        _check_layer(loaded, opts.layer)
     engine = CamEngine(
         loaded.model,
         opts.layer,
@@ -274,6 +319,8 @@ def run_explain(
                 "pass --force to recompute into it, or choose another --out"
             )
         done = {rel: rec for rel, rec in previous.get("images", {}).items() if rec.get("status") == "complete"}
+    # ---- every check passed: only now is anything created under ``out`` ----------------------
+    _make_out_dir(out)
     removed = cleanup_temp_files(out)
     if removed:
         logger.info("removed %d temporary files left by an interrupted run", removed)
@@ -306,6 +353,9 @@ def run_explain(
         result.failed.append((str(item.path), reason))
         manifest["failures"][item.rel] = {"source": str(item.path), "reason": reason}
         manifest["images"].pop(item.rel, None)
+        bar.update(1)
+        if opts.fail_fast:
+            raise _FailFast
 
     bar = tqdm(total=len(todo), desc="images", unit="img", disable=opts.quiet)
     try:
@@ -315,25 +365,28 @@ def run_explain(
             for item in batch:
                 try:
                     loaded_imgs.append((item, _prepare(item, loaded, opts)))
-                except CamscopeError as exc:
-                    fail(item, getattr(exc, "reason", str(exc)))
-                    if opts.fail_fast:
-                        raise
-                    bar.update(1)
+                except Exception as exc:  # any failure costs this image only
+                    reason = exc.reason if isinstance(exc, ImageLoadError) else None
+                    fail(item, reason or _short(exc, "loading the image", "lower --max-pixels"))
             if not loaded_imgs:
                 continue
             for item, rec, err in _explain_batch(engine, loaded_imgs, target, k, device):
                 if err is not None:
                     fail(item, err)
-                    if opts.fail_fast:
-                        raise CamscopeError(f"{item.path}: {err}")
-                else:
-                    manifest["images"][item.rel] = _write_image(
-                        writer, item, stems[item.rel], rec, loaded, variants, methods, opts
-                    )
-                    result.completed.append(item.rel)
+                    continue
+                try:
+                    record = _write_image(writer, item, stems[item.rel], rec, loaded, variants, methods, opts)
+                except Exception as exc:
+                    fail(item, _short(exc, "writing the outputs"))
+                    continue
+                manifest["images"][item.rel] = record
+                result.completed.append(item.rel)
                 bar.update(1)
+            del loaded_imgs
             _write_run_files(out, manifest, loaded)
+    except _FailFast:
+        left = len(todo) - len(result.completed) - len(result.failed)
+        logger.error("stopped at the first failure (--fail-fast); %d images not processed", left)
     finally:
         bar.close()
         manifest["seconds"] = round(time.perf_counter() - t_start, 3)
@@ -378,12 +431,17 @@ def _explain_batch(engine: Any, items: list, target: int | None, k: int, device:
     x = torch.stack([rec["tensor"] for _, rec in items]).to(device)
     targets = None if target is None else [[target]] * len(items)
     try:
-        res = engine(x, targets, top_k=k)
-    except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as exc:
+        res, error = engine(x, targets, top_k=k), None
+    except Exception as exc:  # out of memory, a model that raises on one input, ...
+        res, error = None, _short(exc, "computing the maps")
+    if res is None:  # outside the except block, so the traceback's tensors are already freed
+        del x
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         if len(items) == 1:
-            yield items[0][0], None, _short(exc)
+            yield items[0][0], None, error
             return
-        for one in items:
+        for one in items:  # retried image by image: only the culprit fails
             yield from _explain_batch(engine, [one], target, k, device)
         return
     for i, (item, rec) in enumerate(items):
@@ -399,12 +457,13 @@ def _explain_batch(engine: Any, items: list, target: int | None, k: int, device:
         yield item, rec, None
 
 
-def _short(exc: BaseException) -> str:
+def _short(exc: BaseException, during: str, oom_hint: str = "try a smaller --batch-size or --images-per-batch") -> str:
+    """One-line reason for an unexpected exception raised while ``during`` one image."""
     text = str(exc).strip().splitlines()
     first = text[0] if text else type(exc).__name__
-    if "out of memory" in first.lower():
-        return "out of memory while computing the maps (try a smaller --batch-size)"
-    return f"{type(exc).__name__}: {first[:200]}"
+    if isinstance(exc, MemoryError) or "out of memory" in first.lower():
+        return f"out of memory while {during} ({oom_hint}; see docs/limits.md)"
+    return f"{type(exc).__name__} while {during}: {first[:200]}"
 
 
 def _class_name(loaded: Any, idx: int) -> str:
