@@ -67,6 +67,7 @@ class ExplainOptions:
 @dataclass
 class RunResult:
     out: Path
+    loaded: Any = field(default=None, repr=False)
     completed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -337,7 +338,7 @@ def run_explain(
     }
     writer = _Outputs(out)
     stems = output_stems([item.rel for item in images])
-    result = RunResult(out)
+    result = RunResult(out, loaded)
     todo = []
     for item in images:
         if item.rel in done and _files_exist(out, done[item.rel]):
