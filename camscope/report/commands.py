@@ -163,7 +163,6 @@ def report_after_explain(
     ev, files = build_report(
         out_dir, model=loaded, boxes=boxes, steps=steps, seed=seed, road=road, embed=embed, progress=progress
     )
-    logger.info("report: %s (%.1f s)", files.html, ev.seconds)
     return ev.exit_code
 
 
