@@ -192,7 +192,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from camscope.errors import UsageError, WeightsError
     from camscope.io.atomic import atomic_save
     from camscope.models import imagenet_categories, imagenet_wnids, load_model
-    from camscope.pipeline import ExplainOptions, _pick_device, run_explain
+    from camscope.pipeline import ExplainOptions, pick_device, run_explain
 
     try:
         import skimage.data
@@ -214,7 +214,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         device=args.device,
         quiet=args.quiet,
     )
-    device = _pick_device(args.device)
+    device = pick_device(args.device)
     try:
         loaded = load_model(
             "resnet50", weights_file=args.weights_file, device=device, progress=not args.quiet

@@ -150,12 +150,12 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     """``camscope sanity``."""
     import torch
 
-    from camscope.pipeline import _pick_device
+    from camscope.pipeline import pick_device
     from camscope.sanity import run_sanity
 
     if args.n_images < 1:
         raise UsageError(f"--n-images must be at least 1, not {args.n_images}")
-    device = _pick_device(args.device)
+    device = pick_device(args.device)
     methods = _methods(args.methods)
     groups = _split(args.groups)
     info: dict[str, Any] = {}
@@ -215,7 +215,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 def cmd_bench_synthetic(args: argparse.Namespace) -> int:
     """``camscope bench synthetic``."""
     from camscope.bench_synthetic import run_synthetic_benchmark
-    from camscope.pipeline import _pick_device
+    from camscope.pipeline import pick_device
 
     table = run_synthetic_benchmark(
         n_scenes=args.n_scenes,
@@ -223,7 +223,7 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
         methods=_methods(args.methods),
         smoothing=args.smooth,
         cache_dir=args.cache_dir,
-        device=_pick_device(args.device),
+        device=pick_device(args.device),
         progress=not args.quiet,
         batch_size=args.batch_size,
     )

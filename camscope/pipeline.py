@@ -158,7 +158,10 @@ class _FailFast(Exception):
     """Raised by the first failing image under --fail-fast (stops the run, not an error)."""
 
 
-def _pick_device(spec: str | None) -> torch.device:
+def pick_device(spec: str | torch.device | None) -> torch.device:
+    """``--device``: CUDA when available for ``None``/``"auto"``; a clear error for bad values."""
+    if isinstance(spec, torch.device):
+        return spec
     if spec is None or spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -270,7 +273,7 @@ def run_explain(
     if opts.max_pixels < 1:
         raise UsageError(f"--max-pixels must be at least 1, not {opts.max_pixels}")
     colorize(np.zeros((1, 1)), opts.colormap)
-    device = _pick_device(opts.device)
+    device = pick_device(opts.device)
     images = find_images(inputs)
     if not images:
         raise UsageError(f"no images found in {', '.join(map(str, inputs))}")

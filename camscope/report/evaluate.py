@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from camscope.errors import CamscopeError, UsageError
+from camscope.pipeline import pick_device
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -257,7 +258,7 @@ class _Model:
                 self._loaded = load_from_settings(
                     self._settings,
                     weights_file=self._weights_file,
-                    device=_pick_device(self._device),
+                    device=pick_device(self._device),
                     trust_checkpoint=self._trust,
                     progress=self._progress,
                 )
@@ -277,20 +278,6 @@ class _Model:
     def forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
         model = self.get().model
         return lambda x: model(x)
-
-
-def _pick_device(spec: Any) -> torch.device:
-    if isinstance(spec, torch.device):
-        return spec
-    if spec is None or spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise UsageError(f"unknown --device {spec!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {spec}: CUDA is not available on this machine")
-    return dev
 
 
 def _r(x: float) -> float:

@@ -35,6 +35,7 @@ from camscope.report.summary import (
     CSV_COLUMNS,
     METRICS,
     RANKING_METRICS,
+    as_float,
     metric_rows,
     scalar,
     summarize,
@@ -68,18 +69,8 @@ def _e(x: Any) -> str:
     return html.escape("" if x is None else str(x), quote=True)
 
 
-def _num(x: Any) -> float:
-    if isinstance(x, bool):
-        return float(x)
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return math.nan
-    return v if math.isfinite(v) else math.nan
-
-
 def _nan_low(x: Any) -> float:
-    v = _num(x)
+    v = as_float(x)
     return -math.inf if math.isnan(v) else v
 
 
@@ -175,9 +166,9 @@ def _fmt(key: str, x: Any, *, per_photo: bool) -> str:
     if key == "degenerate":
         if per_photo:
             return _e(x or "")
-        v = _num(x)
+        v = as_float(x)
         return "" if math.isnan(v) else f"{100 * v:.0f}%"
-    v = _num(x)
+    v = as_float(x)
     if math.isnan(v):
         return '<span class="na">–</span>'
     if key == "increase_in_confidence":
@@ -303,17 +294,17 @@ def _summary_section(summary: dict, findings: list[str], images: _Images, plots:
         for n in ranking:
             v = variants[n]
             cells = "".join(
-                f"<td>{_num(v['metric_ranks'].get(k)):.2f}</td>" if k in v["metric_ranks"] else '<td class="na">–</td>'
+                f"<td>{as_float(v['metric_ranks'].get(k)):.2f}</td>" if k in v["metric_ranks"] else '<td class="na">–</td>'
                 for k in mkeys
             )
-            h.append(f"<tr><td>{v['rank']}</td><td>{_e(v['label'])}</td><td>{_num(v['mean_rank']):.2f}</td>{cells}</tr>")
+            h.append(f"<tr><td>{v['rank']}</td><td>{_e(v['label'])}</td><td>{as_float(v['mean_rank']):.2f}</td>{cells}</tr>")
         h.append("</table></div>")
     h.append(f"<h3>Mean ± std over photos (n = {summary.get('n_photos', 0)})</h3>")
     h.append('<div class="scroll"><table><tr><th>Metric</th>')
     h.append("".join(f"<th>{_e(variants[n]['label'])}</th>" for n in order) + "</tr>")
     arrows = {"lower": " ↓", "higher": " ↑"}
     for k in keys:
-        col = [_num(variants[n]["metrics"][k]["mean"]) for n in order]
+        col = [as_float(variants[n]["metrics"][k]["mean"]) for n in order]
         best = _best_indices(col, _DIRECTION[k])
         cells = []
         for i, n in enumerate(order):
@@ -353,7 +344,7 @@ def _top5_table(record: dict) -> str:
     for i, t in enumerate(record.get("top5") or []):
         mark = ' <span class="badge">true class</span>' if truth is not None and t.get("class") == truth else ""
         flag = ' class="flag"' if i == 0 and record.get("correct") is False else ""
-        rows.append(f"<tr{flag}><td>{i + 1}</td><td>{_e(t.get('name'))}{mark}</td><td>{_num(t.get('prob')):.3f}</td></tr>")
+        rows.append(f"<tr{flag}><td>{i + 1}</td><td>{_e(t.get('name'))}{mark}</td><td>{as_float(t.get('prob')):.3f}</td></tr>")
     rows.append("</table>")
     return "".join(rows)
 
@@ -447,9 +438,9 @@ def _photo_section(
     targets = record.get("targets") or []
     for entry in targets:
         if len(targets) > 1:
-            h.append(f"<h3>Explained class {entry.get('rank', 0) + 1}: {_e(entry.get('name'))} (p = {_num(entry.get('prob')):.3f})</h3>")
+            h.append(f"<h3>Explained class {entry.get('rank', 0) + 1}: {_e(entry.get('name'))} (p = {as_float(entry.get('prob')):.3f})</h3>")
         else:
-            h.append(f"<h3>Maps for '{_e(entry.get('name'))}' (p = {_num(entry.get('prob')):.3f})</h3>")
+            h.append(f"<h3>Maps for '{_e(entry.get('name'))}' (p = {as_float(entry.get('prob')):.3f})</h3>")
         h.append(_grid(manifest, record, entry, images, embed))
         finds = image_findings(record, entry)
         if finds:

@@ -57,7 +57,7 @@ CSV_COLUMNS: tuple[str, ...] = (
 )
 
 
-def _num(x: Any) -> float:
+def as_float(x: Any) -> float:
     if isinstance(x, bool):
         return float(x)
     try:
@@ -73,7 +73,7 @@ def scalar(v: dict, key: str) -> float:
         return gap(v)
     if key == "degenerate":
         return 1.0 if v.get("degenerate") else 0.0
-    return _num(v.get(key))
+    return as_float(v.get(key))
 
 
 def metric_rows(records: Sequence[dict]) -> list[dict[str, Any]]:
@@ -181,8 +181,8 @@ def summarize(records: Sequence[dict], variants: Sequence[str] | None = None) ->
     for _, e in entries:
         for p in e.get("agreement", []):
             d = pairs.setdefault((p["a"], p["b"]), {"spearman": [], "top_iou": []})
-            d["spearman"].append(_num(p.get("spearman")))
-            d["top_iou"].append(_num(p.get("top_iou")))
+            d["spearman"].append(as_float(p.get("spearman")))
+            d["top_iou"].append(as_float(p.get("top_iou")))
     out["agreement"] = [
         {
             "a": a,
