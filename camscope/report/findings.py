@@ -52,8 +52,10 @@ _DEGENERATE_WORDS = {
 }
 
 
-def _num(x: Any) -> float:
-    """A finite float, or NaN for None/NaN/missing."""
+def as_float(x: Any) -> float:
+    """A finite float (booleans as 0/1), or NaN for None/NaN/missing/non-numbers."""
+    if isinstance(x, bool):
+        return float(x)
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -62,7 +64,7 @@ def _num(x: Any) -> float:
 
 
 def _ok(x: Any) -> bool:
-    return not math.isnan(_num(x))
+    return not math.isnan(as_float(x))
 
 
 def _label(variants: dict, name: str) -> str:
@@ -78,7 +80,7 @@ def _join(items: Sequence[str]) -> str:
 
 def gap(v: dict) -> float:
     """Insertion AUC minus deletion AUC (higher = more faithful); NaN when not measured."""
-    return _num(v.get("insertion_auc")) - _num(v.get("deletion_auc"))
+    return as_float(v.get("insertion_auc")) - as_float(v.get("deletion_auc"))
 
 
 def best_variant(entry: dict) -> str | None:
@@ -120,12 +122,12 @@ def _where(entry: dict, names: Iterable[str], box_fraction: float | None) -> str
     hits = [n for n in names if variants[n].get("pointing_game") is not None]
     if hits:
         n_hit = sum(bool(variants[n]["pointing_game"]) for n in hits)
-        energies = [_num(variants[n].get("energy_pg")) for n in hits if _ok(variants[n].get("energy_pg"))]
+        energies = [as_float(variants[n].get("energy_pg")) for n in hits if _ok(variants[n].get("energy_pg"))]
         text = f"the annotated object for {n_hit} of {len(hits)} maps (pointing game)"
         if energies:
             text += f", with {100 * sum(energies) / len(energies):.0f}% of their energy in the box on average"
             if box_fraction is not None and _ok(box_fraction):
-                text += f" (the box covers {100 * _num(box_fraction):.0f}% of the image)"
+                text += f" (the box covers {100 * as_float(box_fraction):.0f}% of the image)"
         return text
     by_region: dict[str, list[str]] = {}
     for n in names:
@@ -148,16 +150,16 @@ def _prediction_findings(record: dict, entry: dict) -> list[str]:
         return out
     true_name = record.get("true_name") or f"class {truth}"
     if correct:
-        out.append(f"Correctly classified as '{true_name}' (p = {_num(pred.get('prob')):.2f}).")
+        out.append(f"Correctly classified as '{true_name}' (p = {as_float(pred.get('prob')):.2f}).")
         return out
     ranks = [i for i, t in enumerate(top5) if t.get("class") == truth]
     where_true = (
-        f"ranked {ranks[0] + 1} with p = {_num(top5[ranks[0]].get('prob')):.2f}" if ranks else "not in the top 5"
+        f"ranked {ranks[0] + 1} with p = {as_float(top5[ranks[0]].get('prob')):.2f}" if ranks else "not in the top 5"
     )
     names = list(entry.get("variants", {}))
     plain = [n for n in names if not entry["variants"][n].get("smoothing")] or names
     out.append(
-        f"Misclassified: the model predicted '{pred.get('name')}' (p = {_num(pred.get('prob')):.2f}) but the "
+        f"Misclassified: the model predicted '{pred.get('name')}' (p = {as_float(pred.get('prob')):.2f}) but the "
         f"true class is '{true_name}' ({where_true}). The maps explain '{explained}' and point at "
         f"{_where(entry, plain, record.get('box_fraction'))}."
     )
@@ -186,11 +188,11 @@ def _agreement_findings(entry: dict) -> list[str]:
         close = [
             (a, b, p)
             for a, b, p in pairs
-            if _num(p["spearman"]) >= AGREE_SPEARMAN and _num(p.get("top_iou")) >= AGREE_IOU
+            if as_float(p["spearman"]) >= AGREE_SPEARMAN and as_float(p.get("top_iou")) >= AGREE_IOU
         ]
         if close and len(close) == len(pairs) and len(live) > 2:
-            rho = min(_num(p["spearman"]) for _, _, p in close)
-            iou = min(_num(p["top_iou"]) for _, _, p in close)
+            rho = min(as_float(p["spearman"]) for _, _, p in close)
+            iou = min(as_float(p["top_iou"]) for _, _, p in close)
             labels = [_label(variants, n) for n in live]
             regions = {variants[n].get("region") for n in live}
             where = f"; all peak in the {regions.pop()}" if len(regions) == 1 and None not in regions else ""
@@ -199,27 +201,27 @@ def _agreement_findings(entry: dict) -> list[str]:
                 f"(Spearman >= {rho:.2f}, top-15% IoU >= {iou:.2f}){where}."
             )
         else:
-            for a, b, p in sorted(close, key=lambda t: -_num(t[2]["spearman"]))[:3]:
+            for a, b, p in sorted(close, key=lambda t: -as_float(t[2]["spearman"]))[:3]:
                 ra, rb = variants[a].get("region"), variants[b].get("region")
                 where = f"; both peak in the {ra}" if ra and ra == rb else ""
                 out.append(
                     f"{_label(variants, a)} and {_label(variants, b)} agree closely "
-                    f"(Spearman {_num(p['spearman']):.2f}, top-15% IoU {_num(p['top_iou']):.2f}){where}."
+                    f"(Spearman {as_float(p['spearman']):.2f}, top-15% IoU {as_float(p['top_iou']):.2f}){where}."
                 )
-        if len(live) == 2 and pairs and not close and _num(pairs[0][2]["spearman"]) < DISAGREE_SPEARMAN:
+        if len(live) == 2 and pairs and not close and as_float(pairs[0][2]["spearman"]) < DISAGREE_SPEARMAN:
             a, b, p = pairs[0]
             out.append(
                 f"{_label(variants, a)} and {_label(variants, b)} disagree "
-                f"(Spearman {_num(p['spearman']):.2f}, top-15% IoU {_num(p.get('top_iou')):.2f})."
+                f"(Spearman {as_float(p['spearman']):.2f}, top-15% IoU {as_float(p.get('top_iou')):.2f})."
             )
         if len(live) >= 3:
             for n in live:
                 mine = [p for a, b, p in pairs if n in (a, b)]
                 if len(mine) != len(live) - 1:
                     continue
-                best = max(_num(p["spearman"]) for p in mine)
+                best = max(as_float(p["spearman"]) for p in mine)
                 if best < DISAGREE_SPEARMAN:
-                    iou = max(_num(p.get("top_iou")) for p in mine)
+                    iou = max(as_float(p.get("top_iou")) for p in mine)
                     out.append(
                         f"{_label(variants, n)} disagrees with all other methods "
                         f"(max Spearman {best:.2f}, max top-15% IoU {iou:.2f})."
@@ -236,7 +238,7 @@ def _localisation_findings(record: dict, entry: dict) -> list[str]:
         return []
     hits = [n for n in names if variants[n]["pointing_game"]]
     text = f"{len(hits)} of {len(names)} maps point inside the annotated object (pointing game)"
-    energies = [(n, _num(variants[n].get("energy_pg"))) for n in names if _ok(variants[n].get("energy_pg"))]
+    energies = [(n, as_float(variants[n].get("energy_pg"))) for n in names if _ok(variants[n].get("energy_pg"))]
     if energies:
         lo = min(energies, key=lambda t: t[1])
         hi = max(energies, key=lambda t: t[1])
@@ -246,7 +248,7 @@ def _localisation_findings(record: dict, entry: dict) -> list[str]:
         )
         bf = record.get("box_fraction")
         if _ok(bf):
-            text += f", against {100 * _num(bf):.0f}% for a uniform map"
+            text += f", against {100 * as_float(bf):.0f}% for a uniform map"
     return [text + "."]
 
 
@@ -265,7 +267,7 @@ def _faithfulness_findings(entry: dict) -> list[str]:
         ]
     return [
         f"By insertion - deletion AUC, {_label(variants, best)} is the most faithful here "
-        f"({_num(vb['insertion_auc']):.3f} - {_num(vb['deletion_auc']):.3f} = {gap(vb):.3f}); "
+        f"({as_float(vb['insertion_auc']):.3f} - {as_float(vb['deletion_auc']):.3f} = {gap(vb):.3f}); "
         f"the least faithful is {_label(variants, worst)} ({gap(variants[worst]):.3f})."
     ]
 
@@ -284,7 +286,7 @@ def _smoothing_findings(entry: dict) -> list[str]:
                 continue
             p = _pair(entry, plain, n)
             if p is not None and _ok(p.get("spearman")):
-                rhos.append(_num(p["spearman"]))
+                rhos.append(as_float(p["spearman"]))
             d = gap(variants[n]) - gap(variants[plain])
             if not math.isnan(d):
                 deltas.append(d)
@@ -348,16 +350,16 @@ def run_findings(records: Sequence[dict], summary: dict) -> list[str]:
         first = ranking[0]
         text = (
             f"Over {summary.get('n_photos', len(records))} photos, {labels.get(first, first)} has the best mean "
-            f"rank ({_num(variants[first].get('mean_rank')):.2f}) across "
+            f"rank ({as_float(variants[first].get('mean_rank')):.2f}) across "
             f"{_join(summary.get('ranking_metrics_used') or [])}"
         )
         if len(ranking) > 1:
             last = ranking[-1]
-            text += f"; {labels.get(last, last)} comes last ({_num(variants[last].get('mean_rank')):.2f})"
+            text += f"; {labels.get(last, last)} comes last ({as_float(variants[last].get('mean_rank')):.2f})"
         out.append(text + ".")
     for n, v in variants.items():
         d = v.get("metrics", {}).get("degenerate", {})
-        count = round(_num(d.get("mean")) * d.get("n", 0)) if _ok(d.get("mean")) else 0
+        count = round(as_float(d.get("mean")) * d.get("n", 0)) if _ok(d.get("mean")) else 0
         if count:
             out.append(f"{labels[n]} was degenerate on {count} of {d.get('n')} photos.")
     known = [r for r in records if r.get("correct") is not None]
@@ -375,16 +377,16 @@ def run_findings(records: Sequence[dict], summary: dict) -> list[str]:
         and _ok(p.get("spearman_mean"))
     ]
     if len(plain_pairs) >= 1:
-        hi = max(plain_pairs, key=lambda p: _num(p["spearman_mean"]))
+        hi = max(plain_pairs, key=lambda p: as_float(p["spearman_mean"]))
         text = (
             f"On average {labels.get(hi['a'], hi['a'])} and {labels.get(hi['b'], hi['b'])} agree most "
-            f"(Spearman {_num(hi['spearman_mean']):.2f}, top-15% IoU {_num(hi.get('top_iou_mean')):.2f})"
+            f"(Spearman {as_float(hi['spearman_mean']):.2f}, top-15% IoU {as_float(hi.get('top_iou_mean')):.2f})"
         )
         if len(plain_pairs) > 1:
-            lo = min(plain_pairs, key=lambda p: _num(p["spearman_mean"]))
+            lo = min(plain_pairs, key=lambda p: as_float(p["spearman_mean"]))
             text += (
                 f"; {labels.get(lo['a'], lo['a'])} and {labels.get(lo['b'], lo['b'])} least "
-                f"(Spearman {_num(lo['spearman_mean']):.2f})"
+                f"(Spearman {as_float(lo['spearman_mean']):.2f})"
             )
         out.append(text + ".")
     # smoothing: mean gap change per smoothing over methods and photos
@@ -393,8 +395,8 @@ def run_findings(records: Sequence[dict], summary: dict) -> list[str]:
         s, m = v.get("smoothing"), v.get("method")
         if not s or m not in variants:
             continue
-        g_s = _num(v.get("metrics", {}).get("gap", {}).get("mean"))
-        g_p = _num(variants[m].get("metrics", {}).get("gap", {}).get("mean"))
+        g_s = as_float(v.get("metrics", {}).get("gap", {}).get("mean"))
+        g_p = as_float(variants[m].get("metrics", {}).get("gap", {}).get("mean"))
         if not math.isnan(g_s - g_p):
             by_smoothing.setdefault(s, []).append(g_s - g_p)
     for s, ds in by_smoothing.items():
@@ -407,7 +409,7 @@ def run_findings(records: Sequence[dict], summary: dict) -> list[str]:
             f"On average {s} smoothing {verb} the insertion - deletion gap by {abs(mean):.3f} "
             f"({sum(d > 0 for d in ds)} of {len(ds)} methods improved)."
         )
-    pg = [(n, _num(v.get("metrics", {}).get("pointing_game", {}).get("mean"))) for n, v in variants.items()]
+    pg = [(n, as_float(v.get("metrics", {}).get("pointing_game", {}).get("mean"))) for n, v in variants.items()]
     pg = [(n, x) for n, x in pg if not math.isnan(x)]
     if pg:
         top = max(x for _, x in pg)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from camscope.report.findings import gap
+from camscope.report.findings import as_float, gap
 
 __all__ = ["METRICS", "RANKING_METRICS", "CSV_COLUMNS", "metric_rows", "summarize"]
 
@@ -55,16 +55,6 @@ CSV_COLUMNS: tuple[str, ...] = (
     "road_morf", "road_lerf", "pointing_game", "energy_pg",
     "top5_energy", "top10_energy", "entropy", "degenerate", "peak_region",
 )
-
-
-def as_float(x: Any) -> float:
-    if isinstance(x, bool):
-        return float(x)
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return math.nan
-    return v if math.isfinite(v) else math.nan
 
 
 def scalar(v: dict, key: str) -> float:
