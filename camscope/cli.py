@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="precision of the many-forward methods (Score-/Ablation-CAM); default fp32")
     g.add_argument("--batch-size", type=int, default=None,
-                   help="rows per forward pass for Score-/Ablation-CAM (default: 32 full forwards, 256 tails)")
+                   help="rows per forward pass for Score-/Ablation-CAM (default: 8 full forwards, 256 tails)")
     g.add_argument("--images-per-batch", type=int, default=4, help="images per capture (default: 4)")
     g.add_argument("--max-pixels", type=int, default=89_478_485, metavar="N",
                    help="refuse images with more pixels than this (decompression-bomb guard and memory "

@@ -20,7 +20,7 @@ _PGC_EPS = 1e-8
 #: Default rows per pass, measured on ResNet-50 (benchmarks/): the tail at layer4 is cheap per
 #: row, so large batches amortise its overhead; full forwards saturate at a few tens of images.
 TAIL_BATCH = 256
-FORWARD_BATCH = 32
+FORWARD_BATCH = 8
 
 
 def _progress(total: int, rt: Runtime, desc: str):
