@@ -178,10 +178,11 @@ def scorecam_logit_softmax(cap: Capture, rt: Runtime) -> Tensor:
     acts = cap.view_activations
     n_ch = acts.shape[1]
     scores = torch.empty(cap.targets.shape[0], n_ch, device=acts.device)
-    bar = _progress(sum(len(_nonconstant(acts[v])) + 1 for v, _ in cap.rows_by_view()), rt, "score-cam")
+    live = {v: _nonconstant(acts[v]) for v, _ in cap.rows_by_view()}
+    bar = _progress(sum(len(x) + 1 for x in live.values()), rt, "score-cam")
     for v, rows in cap.rows_by_view():
         targets = cap.targets[rows]
-        idx = _nonconstant(acts[v])
+        idx = live[v]
         live_scores = _masked_scores(
             rt, cap.views[v], acts[v, idx], targets, probabilities=False, pgc_masks=True, bar=bar
         )
