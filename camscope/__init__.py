@@ -73,6 +73,7 @@ def explain(
     precision: str = "fp32",
     batch_size: int | None = None,
     progress: bool = False,
+    compile: bool = False,
 ) -> CamResult:
     """Class activation maps of any ``nn.Module`` classifier for one or more images.
 
@@ -85,6 +86,8 @@ def explain(
         preprocess: how photos become tensors (default: 224x224 resize, ImageNet statistics).
         targets: class per image (or list of classes per image); default: the top-k predicted.
         smoothing: ``"eigen"``, ``"aug"``, ``"eigen,aug"`` or a list of such variants.
+        precision, batch_size, compile: speed settings of Score-/Ablation-CAM (see
+            :class:`~camscope.core.engine.CamEngine`).
     Returns:
         a :class:`~camscope.core.engine.CamResult`; ``maps[name]`` is (B,k,H,W) in [0,1].
     """
@@ -108,6 +111,7 @@ def explain(
         batch_size=batch_size,
         precision=precision,
         progress=progress,
+        compile=compile,
     )
 
 

@@ -54,6 +54,7 @@ class ExplainOptions:
     batch_size: int | None = None
     images_per_batch: int = 4
     precision: str = "fp32"
+    compile: bool = False
     colormap: str = "jet"
     alpha: float = 0.5
     max_pixels: int = 89_478_485
@@ -301,6 +302,7 @@ def run_explain(
         batch_size=opts.batch_size,
         precision=opts.precision,
         progress=not opts.quiet,
+        compile=opts.compile,
     )
     num_classes = _num_outputs(loaded, device)
     if loaded.categories is not None and len(loaded.categories) != num_classes:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["Capture", "Runtime", "capture", "model_state_guard"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,14 @@ class Runtime:
 
     ``forward`` and ``tail`` run under ``torch.inference_mode`` and, when ``precision`` is
     ``"bf16"``/``"fp16"``, under autocast; outputs are always returned as float32.
+
+    Full forwards (Score-CAM's masked images) may run through a private copy of the model:
+    channels-last (default on CPU, where oneDNN is faster with it) and, with ``compile=True``,
+    compiled by ``torch.compile``; the user's model is never converted. The plain copy is made
+    afresh for every engine call (cheap next to the forwards). The compiled one costs seconds to
+    build, so it is kept between calls and rebuilt when the model changed: a parameter or buffer
+    replaced or modified (identity, version counter, sum), or a module's plain attribute, hooks
+    or instance attributes changed. Rebuild the engine after other edits to the model's code.
     """
 
     model: nn.Module
@@ -80,8 +92,12 @@ class Runtime:
     precision: str = "fp32"
     progress: bool = False
     channels_last: bool | None = None
+    compile: bool = False
     _device: torch.device | None = field(default=None, repr=False)
-    _fast_model: nn.Module | None = field(default=None, repr=False)
+    _fast: tuple[Any, nn.Module] | None = field(default=None, repr=False)
+    _fast_checked: bool = field(default=False, repr=False)
+    _compiled_batch: int | None = field(default=None, repr=False)
+    _compile_failed: bool = field(default=False, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -90,9 +106,15 @@ class Runtime:
             self._device = p.device if p is not None else torch.device("cpu")
         return self._device
 
-    def batch(self, default: int) -> int:
-        """Rows per forward pass: the user's ``batch_size``, else the method's measured default."""
-        return self.batch_size or default
+    def batch(self, default: int | Mapping[str, int]) -> int:
+        """Rows per forward pass: the user's ``batch_size``, else the method's measured default
+        (one number, or one per device type such as ``{"cpu": 8, "cuda": 128}``; devices not
+        listed use the ``"cpu"`` entry)."""
+        if self.batch_size:
+            return self.batch_size
+        if isinstance(default, Mapping):
+            return default.get(self.device.type, default["cpu"])
+        return default
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast context for the chosen precision (a no-op for fp32)."""
@@ -101,30 +123,140 @@ class Runtime:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
+    @property
+    def uses_channels_last(self) -> bool:
+        return self.device.type == "cpu" if self.channels_last is None else self.channels_last
+
+    @property
+    def compiled(self) -> bool:
+        """Whether full forwards run through a ``torch.compile``d copy of the model."""
+        return self.compile and not self._compile_failed
+
     def forward(self, x: Tensor) -> Tensor:
         """Full-model logits of a batch, float32.
 
-        On CPU the batch runs channels-last through a channels-last copy of the model (made once
-        per engine call, so the user's model is never converted and never goes stale).
-        """
-        cl = self.device.type == "cpu" if self.channels_last is None else self.channels_last
-        model = self.model
-        if cl and x.dim() == 4:
-            if self._fast_model is None:
-                self._fast_model = copy.deepcopy(self.model).to(memory_format=torch.channels_last)
-            model = self._fast_model
+        Compiled forwards always see the same batch size (the first one seen): a shorter batch
+        is padded with zeros and a longer one split, so that nothing is compiled twice."""
+        if x.dim() != 4 or not (self.uses_channels_last or self.compile):
+            with torch.inference_mode(), self.autocast():
+                return self.model(x).float()
+        model = self._fast_model()
+        if self.uses_channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self.autocast():
-            return model(x).float()
+            if not self.compiled:
+                return model(x).float()
+            return self._fixed_batches(model, x).float()
+
+    def _fast_model(self) -> nn.Module:
+        """The private copy for full forwards, rebuilt when the model changed since it was made."""
+        if self._fast is not None and self._fast_checked:
+            return self._fast[1]
+        key = _state_key(self.model) if self.compiled else None
+        if self._fast is None or key is None or self._fast[0] != key:
+            fmt = torch.channels_last if self.uses_channels_last else torch.contiguous_format
+            fast = copy.deepcopy(self.model).to(memory_format=fmt)
+            if self.compiled:
+                logger.info("compiling the model for full forwards (torch.compile, once per model state)")
+                fast = torch.compile(fast, dynamic=False, options={"freezing": True})
+                self._compiled_batch = None
+            self._fast = (key, fast)
+        self._fast_checked = True
+        return self._fast[1]
+
+    def _fixed_batches(self, model: nn.Module, x: Tensor) -> Tensor:
+        n = x.shape[0]
+        if self._compiled_batch is None:
+            try:
+                t0 = time.perf_counter()
+                out = model(x)
+                logger.info("torch.compile: first batch of %d took %.1f s", n, time.perf_counter() - t0)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any compiler failure: run uncompiled instead
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                logger.warning("torch.compile failed (%s: %s); running uncompiled", type(e).__name__, first)
+                self._compile_failed = True
+                self._fast = None
+                return self._fast_model()(x)
+            self._compiled_batch = n
+            return out
+        b = self._compiled_batch
+        if n == b:
+            return model(x)
+        outs = []
+        for start in range(0, n, b):
+            chunk = x[start : start + b]
+            m = chunk.shape[0]
+            if m < b:
+                pad = chunk.new_zeros(b - m, *chunk.shape[1:])
+                chunk = torch.cat([chunk, pad]).contiguous(memory_format=_format_of(x))
+            outs.append(model(chunk)[:m])
+        return torch.cat(outs)
 
     def reset(self) -> None:
-        """Forget per-call state (the channels-last copy of the model)."""
-        self._fast_model = None
+        """End of an engine call: the plain private copy is dropped; a compiled one is checked
+        against the model again before its next use (kept while the model is unchanged)."""
+        if not self.compiled:
+            self._fast = None
+        self._fast_checked = False
 
     def tail(self, acts: Tensor, carry: Any, index: Tensor | None = None) -> Tensor:
         """Logits from (possibly modified) target-layer activations, float32."""
         with torch.inference_mode(), self.autocast():
             return self.split.tail(acts, carry, index).float()
+
+
+def _format_of(x: Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+_PLAIN = (bool, int, float, str, type(None))
+_MODULE_INTERNALS = frozenset({"_parameters", "_buffers", "_modules", "training"})
+
+
+def _module_key(module: nn.Module) -> tuple:
+    """A module's own state that is not a tensor: plain attributes by value (``eps``, ``p``,
+    ``inplace``, counters), other attributes (instance functions, hooks' callables) by identity,
+    and which hooks are registered. ``training`` is left out: the engine sets it."""
+    items = []
+    for k, v in vars(module).items():
+        if k in _MODULE_INTERNALS:
+            continue
+        if isinstance(v, _PLAIN):
+            items.append((k, v))
+        elif isinstance(v, dict) and k.endswith(("hooks", "pre_hooks")):
+            items.append((k, tuple((hk, id(hv)) for hk, hv in v.items())))
+        else:
+            items.append((k, id(v)))
+    return (type(module), tuple(items))
+
+
+def _state_key(model: nn.Module) -> tuple | None:
+    """What the compiled copy depends on: identity, version and sum of every parameter and
+    buffer (changes when one is replaced or modified in place: optimizer steps,
+    ``load_state_dict``, BatchNorm statistics, and edits through ``.data``, which bypass the
+    version counter but not the sum), and every module's non-tensor state (:func:`_module_key`).
+    None when it cannot be computed (inference tensors keep no version counter): the copy is
+    then made every call."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    try:
+        sums: list[float] = [0.0] * len(tensors)
+        by_device: dict[torch.device, list[int]] = {}
+        for i, (_, t) in enumerate(tensors):
+            by_device.setdefault(t.device, []).append(i)
+        with torch.no_grad():
+            for idx in by_device.values():  # one host transfer per device, not one per tensor
+                totals = torch.stack([tensors[i][1].detach().sum(dtype=torch.float64) for i in idx])
+                for i, total in zip(idx, totals.tolist(), strict=True):
+                    sums[i] = total
+        tensor_key = tuple(
+            (name, t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape), total)
+            for (name, t), total in zip(tensors, sums, strict=True)
+        )
+        return tensor_key, tuple((name, _module_key(m)) for name, m in model.named_modules())
+    except (RuntimeError, TypeError):
+        return None
 
 
 @contextlib.contextmanager

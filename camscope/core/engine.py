@@ -51,6 +51,12 @@ class CamEngine:
     the head once, the tail with a backward to the target layer only when a gradient method is
     requested, and then every method from the same capture. The model is put in eval mode only
     for the duration of a call; its flags and ``.grad`` are restored afterwards.
+
+    ``batch_size`` (rows per pass of Score-/Ablation-CAM), ``precision``, ``channels_last``
+    (full forwards through a channels-last copy of the model; default: on CPU only) and
+    ``compile`` (that copy compiled by ``torch.compile``: seconds to tens of seconds once, then
+    faster masked forwards) change the speed, not the maps beyond rounding. The CPU batch
+    defaults were chosen with ``benchmarks/batch_sweep.py``.
     """
 
     def __init__(
@@ -65,6 +71,8 @@ class CamEngine:
         precision: str = "fp32",
         progress: bool = False,
         allow_trace: bool = True,
+        channels_last: bool | None = None,
+        compile: bool = False,
     ) -> None:
         from camscope.core.layers import canonical_layer_name, default_layer
         from camscope.core.tail import split_model
@@ -83,7 +91,9 @@ class CamEngine:
             raise UsageError("no method given")
         self.variants = parse_smoothing(smoothing)
         self.normalization = normalization
-        self.runtime = Runtime(model, self.split, batch_size, precision, progress)
+        self.runtime = Runtime(
+            model, self.split, batch_size, precision, progress, channels_last, compile=compile
+        )
 
     @property
     def names(self) -> list[str]:
@@ -190,6 +200,7 @@ def compute_cams(
     batch_size: int | None = None,
     precision: str = "fp32",
     progress: bool = False,
+    compile: bool = False,
 ) -> CamResult:
     """One-call convenience around :class:`CamEngine` for a batch of images."""
     engine = CamEngine(
@@ -201,5 +212,6 @@ def compute_cams(
         batch_size=batch_size,
         precision=precision,
         progress=progress,
+        compile=compile,
     )
     return engine(images, targets, top_k)

@@ -1,0 +1,164 @@
+"""The Runtime's private model copy (channels-last, optionally compiled) and the batch defaults.
+
+- the plain copy is made per call, so it never goes stale; the compiled copy is reused between
+  calls and rebuilt whenever the model changes, by any route (in-place under no_grad, an
+  optimizer step, ``.data`` edits, ``load_state_dict``, attributes, hooks, patched methods);
+- ``compile=True`` gives the maps of the uncompiled run, pads short batches so that one shape
+  is compiled, and falls back to uncompiled forwards, with a warning, when compiling fails;
+- per-device batch defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+
+import pytest
+import torch
+
+from camscope.core.capture import Runtime, _state_key
+from camscope.core.engine import CamEngine
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _scorecam(model, x, **kw) -> torch.Tensor:
+    return CamEngine(model, "features", methods=["scorecam"], **kw)(x).maps["scorecam"]
+
+
+def _changes():
+    def in_place(m):
+        with torch.no_grad():
+            m.features[3].weight.mul_(-1.5)
+
+    def via_data(m):
+        m.features[3].weight.data.mul_(-1.5)
+
+    def optimizer_step(m):
+        opt = torch.optim.SGD(m.parameters(), lr=5.0)
+        loss = m(torch.randn(2, 3, 32, 32)).pow(2).sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def load_state(m):
+        other = copy.deepcopy(m)
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        m.load_state_dict(other.state_dict())
+
+    return {"in_place": in_place, "via_data": via_data, "optimizer_step": optimizer_step, "load_state": load_state}
+
+
+@pytest.mark.parametrize("change", list(_changes()))
+def test_plain_copy_never_goes_stale(change, make_tiny_cnn, images) -> None:
+    """The channels-last copy is made per engine call: a weight change shows in the next call."""
+    model = make_tiny_cnn(seed=3)
+    x = images(2, seed=7)
+    engine = CamEngine(model, "features", methods=["scorecam"], channels_last=True)
+    before = engine(x).maps["scorecam"]
+    assert engine.runtime._fast is None  # dropped at the end of the call
+    _changes()[change](model)
+    model.eval()
+    after = engine(x).maps["scorecam"]
+    torch.testing.assert_close(after, _scorecam(model, x, channels_last=False), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(after, before, atol=1e-3)
+
+
+def _more_changes():
+    def plain_attribute(m):
+        m.features[0].padding = (2, 2)
+
+    def new_hook(m):
+        m.features[0].register_forward_hook(lambda mod, inp, out: out * 2)
+
+    def patched_forward(m):
+        m.features[1].forward = lambda x: x.abs()
+
+    return {"plain_attribute": plain_attribute, "new_hook": new_hook, "patched_forward": patched_forward}
+
+
+@pytest.mark.parametrize("change", [*_changes(), *_more_changes()])
+def test_state_key_sees_every_change(change, make_tiny_cnn) -> None:
+    """What decides whether the compiled copy is rebuilt: stable while nothing changes, different
+    after any change to weights, buffers, plain attributes, hooks or patched methods."""
+    model = make_tiny_cnn(seed=3)
+    key = _state_key(model)
+    assert key is not None
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert _state_key(model) == key
+    {**_changes(), **_more_changes()}[change](model)
+    model.eval()
+    assert _state_key(model) != key
+
+
+def test_user_model_is_never_converted(make_tiny_cnn, images) -> None:
+    model = make_tiny_cnn()
+    _scorecam(model, images(1), channels_last=True)
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "clang++", "c++")),
+    reason="torch.compile on CPU needs a C++ compiler",
+)
+def test_compiled_equals_uncompiled_with_padding(tiny_cnn_dead, images) -> None:
+    """9 live channels in batches of 4: the last batch (1 mask) is padded to the compiled 4."""
+    x = images(2, seed=11)
+    eager = _scorecam(tiny_cnn_dead, x, batch_size=4)
+    engine = CamEngine(tiny_cnn_dead, "features", methods=["scorecam"], batch_size=4, compile=True)
+    compiled = engine(x).maps["scorecam"]
+    assert engine.runtime.compiled
+    assert engine.runtime._compiled_batch == 4
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
+    kept = engine.runtime._fast[1]
+    torch.testing.assert_close(engine(x).maps["scorecam"], compiled)
+    assert engine.runtime._fast[1] is kept  # unchanged model: not compiled again
+    # A batch longer than the compiled one is split, a shorter one padded: same logits.
+    rt = engine.runtime
+    with torch.inference_mode():
+        xs = images(9, seed=3)
+        torch.testing.assert_close(rt.forward(xs), tiny_cnn_dead(xs), atol=1e-5, rtol=1e-4)
+
+
+def test_compile_failure_falls_back(monkeypatch, tiny_cnn_dead, images, caplog) -> None:
+    def broken_compile(model, **_kw):
+        def fail(*_a, **_k):
+            raise RuntimeError("no C++ compiler found\nmore detail")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    x = images(2, seed=4)
+    engine = CamEngine(tiny_cnn_dead, "features", methods=["scorecam"], compile=True)
+    with caplog.at_level(logging.WARNING, logger="camscope.core.capture"):
+        maps = engine(x).maps["scorecam"]
+    assert not engine.runtime.compiled
+    assert any("torch.compile failed" in r.getMessage() and "no C++ compiler" in r.getMessage() for r in caplog.records)
+    torch.testing.assert_close(maps, _scorecam(tiny_cnn_dead, x), atol=1e-6, rtol=1e-5)
+
+
+def test_compile_does_not_swallow_out_of_memory(monkeypatch, tiny_cnn_dead, images) -> None:
+    def oom_compile(model, **_kw):
+        def fail(*_a, **_k):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", oom_compile)
+    with pytest.raises(torch.OutOfMemoryError):
+        _scorecam(tiny_cnn_dead, images(1), compile=True)
+
+
+def test_batch_defaults_per_device(tiny_cnn) -> None:
+    rt = Runtime(tiny_cnn, split=None)
+    assert rt.batch({"cpu": 8, "cuda": 128}) == 8
+    assert rt.batch(5) == 5
+    rt._device = torch.device("cuda")  # device type only; nothing runs
+    assert rt.batch({"cpu": 8, "cuda": 128}) == 128
+    assert rt.batch({"cpu": 8}) == 8
+    assert Runtime(tiny_cnn, split=None, batch_size=3).batch({"cpu": 8}) == 3
