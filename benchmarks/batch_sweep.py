@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""How many rows per pass? camscope's Score-/Ablation-CAM over batch sizes, precisions and
+memory formats, on one device. This is how the per-device defaults in
+``camscope/methods/perturbation.py`` (``FORWARD_BATCH``, ``TAIL_BATCH``) were chosen.
+
+    python benchmarks/batch_sweep.py --device cuda --photos 2
+    python benchmarks/batch_sweep.py --device cpu --scorecam-batches 4,8,16 --ablation-batches 64,256
+
+For every setting it prints the median seconds per photo over the photos (each photo timed
+``--repeats`` times after one warm-up) and the lowest map correlation with the fp32 maps at the
+first batch size. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+DEFAULT_IMAGES = REPO.parent / "shared" / "images" / "imagenet-samples"
+
+
+def ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of photos")
+    p.add_argument("--photos", type=int, default=2, help="photos timed (default 2)")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per photo after a warm-up")
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--scorecam-batches", type=ints, default=None,
+                   help="images per full forward (default: cpu 4,8,16,32; cuda 16,32,64,128,256,512)")
+    p.add_argument("--ablation-batches", type=ints, default=None,
+                   help="rows per tail pass at layer3 (default: cpu 64,256; cuda 128,256,512,1024,2048)")
+    p.add_argument("--precisions", default=None, help="default: fp32,bf16 (cpu), fp32,bf16,fp16 (cuda)")
+    p.add_argument("--channels-last", default="auto", choices=("auto", "both", "on", "off"),
+                   help="memory format of Score-CAM's full forwards (default: camscope's choice)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torchvision
+
+    from camscope import CamEngine
+    from camscope.io.images import load_image
+    from camscope.models import Preprocess
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(args.seed)
+    model = torchvision.models.get_model(args.model, weights=None).eval().to(device)
+    pre = Preprocess("classic")
+    paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    photos = [pre.to_tensor(load_image(p))[None].to(device) for p in paths[: args.photos]]
+    precisions = (args.precisions or ("fp32,bf16,fp16" if cuda else "fp32,bf16")).split(",")
+    sc_batches = args.scorecam_batches or ([16, 32, 64, 128, 256, 512] if cuda else [4, 8, 16, 32])
+    ab_batches = args.ablation_batches or ([128, 256, 512, 1024, 2048] if cuda else [64, 256])
+    formats = {"auto": [None], "both": [True, False], "on": [True], "off": [False]}[args.channels_last]
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    print(f"# {args.model} (random weights, seed {args.seed}) on {name}, torch {torch.__version__}, "
+          f"{len(photos)} photos, {args.repeats} repeats")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def run(method: str, layer: str, batch: int, precision: str, cl: bool | None):
+        engine = CamEngine(model, layer, methods=[method], batch_size=batch, precision=precision,
+                           channels_last=cl)
+        per_photo, maps = [], []
+        for x in photos:
+            times = []
+            for i in range(args.repeats + 1):
+                sync()
+                t0 = time.perf_counter()
+                res = engine(x)
+                sync()
+                if i:
+                    times.append(time.perf_counter() - t0)
+            per_photo.append(statistics.median(times))
+            maps.append(res.maps[method][0, 0].numpy())
+        if cuda:
+            torch.cuda.empty_cache()
+        return statistics.median(per_photo), maps
+
+    def corr(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+        return min(float(np.corrcoef(x.ravel(), y.ravel())[0, 1]) for x, y in zip(a, b, strict=True))
+
+    print("\n| method | layer | rows/pass | precision | channels-last | s/photo | min corr vs fp32 |")
+    print("|---|---|---:|---|---|---:|---:|")
+    for method, layer, batches in (("scorecam", "layer4.-1", sc_batches), ("ablationcam", "layer3.-1", ab_batches)):
+        ref = None
+        for precision in precisions:
+            for cl in formats if method == "scorecam" else [None]:
+                for b in batches:
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats(device)
+                    s, maps = run(method, layer, b, precision, cl)
+                    ref = ref or maps
+                    extra = f" (peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB)" if cuda else ""
+                    cl_txt = "auto" if cl is None else ("on" if cl else "off")
+                    print(f"| {method} | {layer} | {b} | {precision} | {cl_txt} | {s:.3f}{extra} | "
+                          f"{corr(ref, maps):.5f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
