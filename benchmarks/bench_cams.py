@@ -488,7 +488,10 @@ class Bench:
         if self.args.batch_size:
             return self.args.batch_size
         perturbation = importlib.import_module("camscope.methods.perturbation")
-        return int(getattr(perturbation, "FORWARD_BATCH", 32))
+        default = getattr(perturbation, "FORWARD_BATCH", 32)
+        if isinstance(default, dict):
+            return int(default.get(self.device.type, default["cpu"]))
+        return int(default)
 
     def camscope_batch_label(self) -> str:
         if self.args.batch_size:
@@ -496,6 +499,9 @@ class Bench:
         perturbation = importlib.import_module("camscope.methods.perturbation")
         tail = getattr(perturbation, "TAIL_BATCH", None)
         fwd = getattr(perturbation, "FORWARD_BATCH", None)
+        kind = self.device.type
+        tail = tail.get(kind, tail["cpu"]) if isinstance(tail, dict) else tail
+        fwd = fwd.get(kind, fwd["cpu"]) if isinstance(fwd, dict) else fwd
         return f"its defaults (tail rows {tail}, full forwards {fwd})" if tail or fwd else "its default"
 
     def pgc_label(self, method: str) -> str:
@@ -584,12 +590,20 @@ class Bench:
     # ---- camscope
 
     def run_camscope(
-        self, methods: Sequence[str], layer: str, photos: Sequence[Photo], precision: str = "fp32"
+        self,
+        methods: Sequence[str],
+        layer: str,
+        photos: Sequence[Photo],
+        precision: str = "fp32",
+        compile: bool = False,
     ) -> dict[int, Measurement]:
-        """camscope: engine built once (timed separately), then the per-photo call, timed."""
+        """camscope: engine built once (timed separately), then the per-photo call, timed.
+
+        With ``compile``, the first call (which compiles) is timed on its own as the setup: it
+        is reported as "compile s", and the timed runs are the compiled ones."""
         from camscope.core.engine import CamEngine
 
-        key = tuple(methods)
+        key = (*methods, "compiled") if compile else tuple(methods)
         todo = [p for p in photos if ("camscope", key, layer, precision, p.name) not in self.cache]
         if todo:
             t0 = time.perf_counter()
@@ -599,11 +613,19 @@ class Bench:
                 methods=list(methods),
                 batch_size=self.args.batch_size,  # None: camscope's per-method defaults
                 precision=precision,
+                compile=compile,
             )
+            if compile:
+                log(f"camscope: compiling the model ({precision}), first call on {todo[0].name}")
+                engine(todo[0].tensor, targets=[[todo[0].target]])
+                if not engine.runtime.compiled:
+                    log("  -> torch.compile failed: the compiled timings below are uncompiled")
             setup = time.perf_counter() - t0
+            if compile:
+                log(f"  -> engine build + compile + first call: {fmt_seconds(setup)} s")
             for i, p in enumerate(todo, 1):
                 log(
-                    f"camscope {'+'.join(methods)} ({precision}) at {self.layer_names[layer]}, "
+                    f"camscope {'+'.join(key)} ({precision}) at {self.layer_names[layer]}, "
                     f"photo {i}/{len(todo)} ({p.name})"
                 )
 
@@ -880,6 +902,12 @@ class Bench:
         ref = self.reference("scorecam", "layer4", photos)
         fp32 = self.run_camscope(["scorecam"], "layer4", photos, "fp32")
         lowp = self.run_camscope(["scorecam"], "layer4", photos, low)
+        comp = self.run_camscope(["scorecam"], "layer4", photos, low, compile=True) if self.args.compile else {}
+        columns_compiled = [
+            ("comp_s", f"camscope {low}+compile s", fmt_seconds),
+            ("comp_ratio", f"{low}+compile speed-up", fmt_ratio),
+            ("comp_corr", f"corr {low}+compile vs fp32", fmt_corr),
+        ] if comp else []
         table = Table(
             f"scorecam-precision: camscope Score-CAM fp32 vs {low}",
             [
@@ -891,12 +919,22 @@ class Bench:
                 ("low_ratio", f"{low} speed-up", fmt_ratio),
                 ("low_vs_fp32", f"{low}/fp32 speed", fmt_ratio),
                 ("corr", f"corr {low} vs fp32", fmt_corr),
+                *columns_compiled,
             ],
         )
         for i, p in enumerate(photos):
             r = ref.get(i)
             a, b = fp32[i], lowp[i]
+            extra = {}
+            if comp:
+                c = comp[i]
+                extra = {
+                    "comp_s": c.seconds,
+                    "comp_ratio": safe_div(r.seconds if r else None, c.seconds),
+                    "comp_corr": pearson(a.output["scorecam"], c.output["scorecam"]),
+                }
             table.add(
+                **extra,
                 photo=p.name,
                 pgc_s=r.seconds if r else None,
                 fp32_s=a.seconds,
@@ -909,10 +947,24 @@ class Bench:
         rows = table.rows
         table.add(
             photo="median",
-            **{k: median([r[k] for r in rows if r[k] is not None]) for k in ("pgc_s", "fp32_s", "low_s", "fp32_ratio", "low_ratio", "low_vs_fp32")},
+            **{
+                k: median([r[k] for r in rows if r.get(k) is not None])
+                for k in ("pgc_s", "fp32_s", "low_s", "fp32_ratio", "low_ratio", "low_vs_fp32")
+                + (("comp_s", "comp_ratio") if comp else ())
+            },
             corr=min(r["corr"] for r in rows),
+            **({"comp_corr": min(r["comp_corr"] for r in rows)} if comp else {}),
         )
         table.notes.append("speed-ups are against pytorch-grad-cam's ScoreCAM (fp32); corr row: minimum")
+        if comp:
+            setup = next(iter(comp.values())).setup_s
+            table.notes.append(
+                f"{low}+compile: torch.compile of the model, paid once per run (engine build + compile + "
+                f"first photo: {fmt_seconds(setup)} s), not in the per-photo times"
+            )
+            self.summary["scorecam_compiled_speedup"] = table.rows[-1]["comp_ratio"]
+            self.summary["scorecam_compiled_corr"] = table.rows[-1]["comp_corr"]
+            self.summary["scorecam_compile_setup_s"] = setup
         self.summary["scorecam_fp32_speedup"] = table.rows[-1]["fp32_ratio"]
         self.summary["scorecam_bf16_speedup"] = table.rows[-1]["low_ratio"]
         self.summary["scorecam_bf16_corr"] = table.rows[-1]["corr"]
@@ -1017,6 +1069,8 @@ class Bench:
         ]
         if args.batch_size:
             cmd += ["--batch-size", str(args.batch_size)]
+        if args.compile:
+            cmd.append("--compile")
         if args.quiet:
             cmd.append("--quiet")
         log(f"study: camscope CLI on {n} photos: {' '.join(shlex.quote(c) for c in cmd)}")
@@ -1153,12 +1207,17 @@ class Bench:
                 ("above_kib", "above imports", fmt_mib),
                 ("seconds", "wall s", fmt_seconds),
                 ("ratio", f"vs {counts[0]} photos", lambda v: fmt_num(v, ".3f")),
-            ],
+            ]
+            + (
+                [("gpu_kib", "peak CUDA alloc", fmt_mib), ("gpu_ratio", "CUDA vs fewest", lambda v: fmt_num(v, ".3f"))]
+                if self.device.type == "cuda"
+                else []
+            ),
         )
         peak_file = self.tmp / "peak-rss.txt"
-        rc, floor = run_camscope_peak([], self.child_env(), peak_file)
+        rc, floor, _ = run_camscope_peak([], self.child_env(), peak_file)
         table.add(photos="0 (imports only)", peak_kib=floor, seconds=None, ratio=None, exit_code=rc)
-        base = None
+        base = gpu_base = None
         for c in counts:
             out = self.tmp / f"memory-out-{c}"
             cli = [
@@ -1170,16 +1229,18 @@ class Bench:
                 cli += ["--batch-size", str(args.batch_size)]
             log(f"memory: camscope {' '.join(shlex.quote(a) for a in cli)}")
             t0 = time.perf_counter()
-            rc, peak = run_camscope_peak(cli, self.child_env(), peak_file)
+            rc, peak, gpu_peak = run_camscope_peak(cli, self.child_env(), peak_file)
             dt = time.perf_counter() - t0
             if rc != 0:
                 log(f"memory: camscope exited with {rc}")
             base = base or peak
+            gpu_base = gpu_base or gpu_peak
             table.add(
                 photos=str(c), peak_kib=peak, above_kib=peak - floor if peak and floor else None,
-                seconds=dt, ratio=safe_div(peak, base), exit_code=rc,
+                gpu_kib=gpu_peak, seconds=dt, ratio=safe_div(peak, base),
+                gpu_ratio=safe_div(gpu_peak, gpu_base) if gpu_peak else None, exit_code=rc,
             )
-            log(f"  -> peak {fmt_mib(peak)}, {fmt_seconds(dt)} s")
+            log(f"  -> peak {fmt_mib(peak)}, GPU {fmt_mib(gpu_peak)}, {fmt_seconds(dt)} s")
         table.notes += [
             "peak RSS = VmHWM of a fresh process running camscope's CLI main(), read by that process "
             "at its end (ru_maxrss of a child is polluted by the parent's peak on Linux); 'above "
@@ -1189,6 +1250,8 @@ class Bench:
             "variants of them (flips, 180-degree turn, brightness/contrast) written to a temp folder",
         ]
         self.summary["memory_ratio"] = table.rows[-1]["ratio"] if len(table.rows) > 2 else None
+        if len(table.rows) > 2 and table.rows[-1].get("gpu_ratio") is not None:
+            self.summary["memory_gpu_ratio"] = table.rows[-1]["gpu_ratio"]
         if len(table.rows) > 2:
             self.summary["memory_above_imports_ratio"] = safe_div(table.rows[-1]["above_kib"], table.rows[1]["above_kib"])
         self.tables.append(table)
@@ -1259,8 +1322,12 @@ except (OSError, StopIteration):
     import resource
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     peak = peak // 1024 if sys.platform == "darwin" else peak
+gpu = ""
+torch = sys.modules.get("torch")
+if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+    gpu = str(torch.cuda.max_memory_allocated() // 1024)
 with open(os.environ["CAMSCOPE_BENCH_PEAK_FILE"], "w") as fh:
-    fh.write(str(peak))
+    fh.write(f"{peak} {gpu}")
 sys.exit(rc)
 """
 
@@ -1275,14 +1342,18 @@ def run_child(cmd: list[str], env: dict[str, str]) -> int:
         raise
 
 
-def run_camscope_peak(cli_args: list[str], env: dict[str, str], peak_file: Path) -> tuple[int, int | None]:
-    """``camscope <cli_args>`` in a fresh process; its exit code and own peak RSS (KiB)."""
+def run_camscope_peak(
+    cli_args: list[str], env: dict[str, str], peak_file: Path
+) -> tuple[int, int | None, int | None]:
+    """``camscope <cli_args>`` in a fresh process; its exit code, own peak RSS and peak CUDA
+    memory allocated by torch (KiB; None when CUDA was not used)."""
     peak_file.unlink(missing_ok=True)
     rc = run_child([sys.executable, "-c", PEAK_WRAPPER, *cli_args], dict(env, CAMSCOPE_BENCH_PEAK_FILE=str(peak_file)))
     try:
-        return rc, int(peak_file.read_text())
-    except (OSError, ValueError):
-        return rc, None
+        fields = peak_file.read_text().split()
+        return rc, int(fields[0]), int(fields[1]) if len(fields) > 1 else None
+    except (OSError, ValueError, IndexError):
+        return rc, None, None
 
 
 # --------------------------------------------------------------------------- CLI
@@ -1328,6 +1399,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "the speed-ups use the faster per photo. The study uses its defaults",
     )
     p.add_argument("--low-precision", choices=("bf16", "fp16"), default="bf16", help="scorecam-precision section")
+    p.add_argument(
+        "--compile", action="store_true",
+        help="also time camscope's Score-CAM compiled (scorecam-precision: a low-precision+compile column, "
+        "compile time reported apart) and pass --compile to the study's CLI run",
+    )
     p.add_argument(
         "--reference-images", type=int,
         help="photos on which camscope's Score-CAM is checked against the naive reference "
