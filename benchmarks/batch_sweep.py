@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """How many rows per pass? camscope's Score-/Ablation-CAM over batch sizes, precisions and
-memory formats, on one device. This is how the per-device defaults in
-``camscope/methods/perturbation.py`` (``FORWARD_BATCH``, ``TAIL_BATCH``) were chosen.
+memory formats, on one device. The CPU defaults in ``camscope/methods/perturbation.py``
+(``FORWARD_BATCH``, ``TAIL_BATCH``) were chosen with it; the CUDA ones were not measured (no GPU
+was available) and are what this script checks on a GPU.
 
     python benchmarks/batch_sweep.py --device cuda --photos 2
     python benchmarks/batch_sweep.py --device cpu --scorecam-batches 4,8,16 --ablation-batches 64,256
