@@ -53,7 +53,7 @@ def test_cuda_equals_cpu(method: str, layer: str, tiny_cnn_dead, residual_cnn, i
         assert gpu.maps[name].device.type == "cpu"  # results come back to the host
         torch.testing.assert_close(gpu.maps[name], m, atol=2e-4, rtol=1e-3, msg=name)
     # The model stays where it was, in the mode it was in.
-    assert all(p.device.type == "cuda" for p in gpu_model.parameters())
+    assert all(p.device.type == CUDA.type for p in gpu_model.parameters())
     assert not gpu_model.training
 
 
