@@ -1071,6 +1071,8 @@ class Bench:
             cmd += ["--batch-size", str(args.batch_size)]
         if args.compile:
             cmd.append("--compile")
+        if args.study_precision != "fp32":
+            cmd += ["--precision", args.study_precision]
         if args.quiet:
             cmd.append("--quiet")
         log(f"study: camscope CLI on {n} photos: {' '.join(shlex.quote(c) for c in cmd)}")
@@ -1110,7 +1112,7 @@ class Bench:
             tool="pytorch-grad-cam (script)", seconds=ref_total, ratio=None, how=ref_label,
         )
         table.add(
-            tool="camscope explain (CLI)",
+            tool="camscope explain (CLI)" + ("" if args.study_precision == "fp32" else f" --precision {args.study_precision}"),
             seconds=cs_total,
             ratio=safe_div(ref_total, cs_total),
             how=f"measured, wall time of the CLI process (exit code {rc})",
@@ -1422,6 +1424,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "per photo on 2 CPU cores); the rest is extrapolated and labelled so. Grad-CAM runs on all",
     )
     p.add_argument("--study-methods", default=",".join(STUDY_METHODS), help="methods of the study")
+    p.add_argument(
+        "--study-precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+        help="--precision of the study's camscope CLI run (pytorch-grad-cam always runs fp32)",
+    )
     p.add_argument("--memory-images", default="10,100", help="photo counts compared in the memory section")
     p.add_argument("--memory-methods", default="gradcam", help="methods of the memory runs")
     p.add_argument("--json", help="write all results (with every run's time) to this JSON file")
