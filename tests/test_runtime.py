@@ -5,7 +5,11 @@
   optimizer step, ``.data`` edits, ``load_state_dict``, attributes, hooks, patched methods);
 - ``compile=True`` gives the maps of the uncompiled run, pads short batches so that one shape
   is compiled, and falls back to uncompiled forwards, with a warning, when compiling fails;
-- per-device batch defaults.
+- the TorchScript-frozen copy (default on CPU at fp32 for torch / torchvision models) gives the
+  eager maps, is kept while the model is unchanged and rebuilt when it changes, is not used for
+  models with hooks, custom modules (unless ``freeze=True``) or reduced precision, and falls
+  back to eager forwards, with a warning, when tracing fails or its logits disagree;
+- per-device batch defaults; the warning for bf16 on a CPU without bf16 instructions.
 """
 
 from __future__ import annotations
@@ -162,3 +166,143 @@ def test_batch_defaults_per_device(tiny_cnn) -> None:
     assert rt.batch({"cpu": 8, "cuda": 128}) == 128
     assert rt.batch({"cpu": 8}) == 8
     assert Runtime(tiny_cnn, split=None, batch_size=3).batch({"cpu": 8}) == 3
+
+
+# --------------------------------------------------------------------------- frozen copy
+
+
+def _sequential(seed: int = 0) -> torch.nn.Module:
+    """Built from torch.nn modules only (so frozen by default); target layer ``features``."""
+    nn = torch.nn
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential()
+        model.add_module(
+            "features",
+            nn.Sequential(
+                nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                nn.Conv2d(8, 6, 3, padding=1, stride=2), nn.BatchNorm2d(6), nn.ReLU(),
+            ),
+        )
+        model.add_module("pool", nn.AdaptiveAvgPool2d(1))
+        model.add_module("flat", nn.Flatten())
+        model.add_module("fc", nn.Linear(6, 4))
+        with torch.no_grad():  # non-trivial batch-norm statistics, so that folding them matters
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.5, 0.5)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+            model.fc.weight.mul_(4.0)
+    return model.eval()
+
+
+def test_frozen_by_default_equals_eager_and_is_kept(images) -> None:
+    model = _sequential()
+    x = images(2, seed=5)
+    eager = _scorecam(model, x, freeze=False)
+    engine = CamEngine(model, "features", methods=["scorecam"], batch_size=4)
+    frozen = engine(x).maps["scorecam"]
+    rt = engine.runtime
+    assert rt._fast_mode == "frozen" and isinstance(rt._fast[1], torch.jit.ScriptModule)
+    assert rt._compiled_batch == 4
+    torch.testing.assert_close(frozen, eager, atol=1e-5, rtol=1e-4)
+    kept = rt._fast[1]
+    torch.testing.assert_close(engine(x).maps["scorecam"], frozen)
+    assert rt._fast[1] is kept  # unchanged model: not traced again
+    # Longer and shorter batches than the traced one: split and padded, same logits.
+    with torch.inference_mode():
+        for n in (9, 1):
+            xs = images(n, seed=n)
+            torch.testing.assert_close(rt.forward(xs), model(xs), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("change", ["weights", "bn_stats"])
+def test_frozen_copy_follows_model_changes(change, images) -> None:
+    model = _sequential()
+    x = images(2, seed=6)
+    engine = CamEngine(model, "features", methods=["scorecam"])
+    before = engine(x).maps["scorecam"]
+    kept = engine.runtime._fast[1]
+    with torch.no_grad():
+        if change == "weights":
+            model.fc.weight.mul_(-1.0)
+        else:
+            model.features[4].running_mean.add_(0.7)
+    after = engine(x).maps["scorecam"]
+    assert engine.runtime._fast[1] is not kept
+    torch.testing.assert_close(after, _scorecam(model, x, freeze=False), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(after, before, atol=1e-3)
+
+
+def test_not_frozen_with_hooks_custom_modules_or_low_precision(tiny_cnn_dead, images) -> None:
+    x = images(1, seed=2)
+    hooked = _sequential()
+    handle = hooked.features[0].register_forward_hook(lambda m, i, out: out * 0.5)
+    try:
+        engine = CamEngine(hooked, "features", methods=["scorecam"])
+        maps = engine(x).maps["scorecam"]
+        assert engine.runtime._fast_mode == "plain"
+        # The hook acts in every forward, so the maps are those of the hooked model.
+        torch.testing.assert_close(maps, _scorecam(hooked, x, freeze=False, channels_last=False))
+    finally:
+        handle.remove()
+    custom = CamEngine(tiny_cnn_dead, "features", methods=["scorecam"])
+    custom(x)
+    assert custom.runtime._fast_mode == "plain"  # TinyCNN is a test class: not frozen by default
+    forced = CamEngine(tiny_cnn_dead, "features", methods=["scorecam"], freeze=True)
+    torch.testing.assert_close(forced(x).maps["scorecam"], custom(x).maps["scorecam"], atol=1e-5, rtol=1e-4)
+    assert forced.runtime._fast_mode == "frozen"
+    low = CamEngine(_sequential(), "features", methods=["scorecam"], precision="bf16")
+    low(x)
+    assert low.runtime._fast_mode == "plain"
+    untraced = CamEngine(_sequential(), "features", methods=["scorecam"], allow_trace=False)
+    untraced(x)
+    assert untraced.runtime._fast_mode == "plain"  # no fx split: control flow not known to be fixed
+
+
+def _wrong_freeze(module):
+    class Off(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x) + 1e-2
+
+    return Off(module)
+
+
+@pytest.mark.parametrize("failure", ["trace_raises", "wrong_logits"])
+def test_freeze_failure_falls_back(failure, monkeypatch, images, caplog) -> None:
+    if failure == "trace_raises":
+        def broken(*_a, **_k):
+            raise RuntimeError("Tracer cannot infer type of output\nmore")
+
+        monkeypatch.setattr(torch.jit, "trace", broken)
+        expected = "Tracer cannot infer type"
+    else:
+        monkeypatch.setattr(torch.jit, "optimize_for_inference", _wrong_freeze)
+        expected = "frozen logits differ from eager ones"
+    model = _sequential()
+    x = images(2, seed=8)
+    engine = CamEngine(model, "features", methods=["scorecam"])
+    with caplog.at_level(logging.WARNING, logger="camscope.core.capture"):
+        maps = engine(x).maps["scorecam"]
+    assert engine.runtime._fast_mode == "plain" and engine.runtime._freeze_failed
+    assert any("freezing the model failed" in r.getMessage() and expected in r.getMessage() for r in caplog.records)
+    monkeypatch.undo()
+    torch.testing.assert_close(maps, _scorecam(model, x, freeze=False), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(engine(x).maps["scorecam"], maps, atol=1e-6, rtol=1e-5)
+
+
+def test_bf16_on_cpu_without_bf16_instructions_warns(monkeypatch, tiny_cnn, caplog) -> None:
+    import camscope.core.capture as capture_mod
+
+    monkeypatch.setattr(capture_mod, "_cpu_has_reduced_precision", lambda precision: False)
+    with caplog.at_level(logging.WARNING, logger="camscope.core.capture"):
+        Runtime(tiny_cnn, split=None, precision="bf16")
+        Runtime(tiny_cnn, split=None)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "emulated and slower than fp32" in messages[0]

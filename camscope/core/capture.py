@@ -11,6 +11,7 @@ import contextlib
 import copy
 import logging
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,13 +78,23 @@ class Runtime:
     ``forward`` and ``tail`` run under ``torch.inference_mode`` and, when ``precision`` is
     ``"bf16"``/``"fp16"``, under autocast; outputs are always returned as float32.
 
-    Full forwards (Score-CAM's masked images) may run through a private copy of the model:
-    channels-last (default on CPU, where oneDNN is faster with it) and, with ``compile=True``,
-    compiled by ``torch.compile``; the user's model is never converted. The plain copy is made
-    afresh for every engine call (cheap next to the forwards). The compiled one costs seconds to
-    build, so it is kept between calls and rebuilt when the model changed: a parameter or buffer
-    replaced or modified (identity, version counter, sum), or a module's plain attribute, hooks
-    or instance attributes changed. Rebuild the engine after other edits to the model's code.
+    Full forwards (Score-CAM's masked images) may run through a private copy of the model; the
+    user's model is never converted. The copy is
+
+    * **frozen** (``freeze``; default on CPU at fp32 for models built from torch / torchvision
+      modules only, without hooks, whose split traced): traced, frozen and optimised for
+      inference by TorchScript (batch norm folded into the convolutions, oneDNN convolutions
+      with fused ReLU / residual add), 1.3-1.6x faster per forward than eager on the CPUs
+      measured. The first batch is also run eagerly and the frozen copy is used only if its
+      logits agree (relative error below 1e-4); any failure falls back to eager with a warning;
+    * **compiled** (``compile=True``) by ``torch.compile`` (inductor, freezing);
+    * otherwise **plain**: channels-last (``channels_last``; default on CPU).
+
+    The plain copy is made afresh for every engine call (cheap next to the forwards). Frozen
+    and compiled copies cost seconds to build, so they are kept between calls and rebuilt when
+    the model changed: a parameter or buffer replaced or modified (identity, version counter,
+    sum), or a module's plain attribute, hooks or instance attributes changed. Rebuild the
+    engine after other edits to the model's code.
     """
 
     model: nn.Module
@@ -93,11 +104,25 @@ class Runtime:
     progress: bool = False
     channels_last: bool | None = None
     compile: bool = False
+    freeze: bool | None = None
     _device: torch.device | None = field(default=None, repr=False)
     _fast: tuple[Any, nn.Module] | None = field(default=None, repr=False)
+    _fast_mode: str = field(default="plain", repr=False)
+    _freeze_failed: bool = field(default=False, repr=False)
     _fast_checked: bool = field(default=False, repr=False)
     _compiled_batch: int | None = field(default=None, repr=False)
     _compile_failed: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.precision != "fp32" and self.device.type == "cpu" and not _cpu_has_reduced_precision(self.precision):
+            logger.warning(
+                "precision %s: this CPU has no %s matrix instructions (%s), so %s is emulated and "
+                "slower than fp32 here",
+                self.precision,
+                self.precision,
+                "avx512_bf16 / AMX" if self.precision == "bf16" else "AMX-FP16",
+                self.precision,
+            )
 
     @property
     def device(self) -> torch.device:
@@ -132,19 +157,27 @@ class Runtime:
         """Whether full forwards run through a ``torch.compile``d copy of the model."""
         return self.compile and not self._compile_failed
 
+    def _freeze_wanted(self) -> bool:
+        """Whether the private copy should be frozen (before looking at the model's modules)."""
+        if self.freeze is False or self.compile or self._freeze_failed or self.precision != "fp32":
+            return False
+        if self.freeze is None:
+            return self.device.type == "cpu" and bool(getattr(self.split, "traced", False))
+        return True
+
     def forward(self, x: Tensor) -> Tensor:
         """Full-model logits of a batch, float32.
 
-        Compiled forwards always see the same batch size (the first one seen): a shorter batch
-        is padded with zeros and a longer one split, so that nothing is compiled twice."""
-        if x.dim() != 4 or not (self.uses_channels_last or self.compile):
+        Compiled and frozen forwards always see the same batch size (the first one seen): a
+        shorter batch is padded with zeros and a longer one split."""
+        if x.dim() != 4 or not (self.uses_channels_last or self.compile or self._freeze_wanted()):
             with torch.inference_mode(), self.autocast():
                 return self.model(x).float()
         model = self._fast_model()
-        if self.uses_channels_last:
+        if self._fast_mode == "plain" and self.uses_channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self.autocast():
-            if not self.compiled:
+            if self._fast_mode == "plain":
                 return model(x).float()
             return self._fixed_batches(model, x).float()
 
@@ -152,20 +185,72 @@ class Runtime:
         """The private copy for full forwards, rebuilt when the model changed since it was made."""
         if self._fast is not None and self._fast_checked:
             return self._fast[1]
-        key = _state_key(self.model) if self.compiled else None
+        kept = self.compiled or self._freeze_wanted()
+        key = _state_key(self.model) if kept else None
         if self._fast is None or key is None or self._fast[0] != key:
-            fmt = torch.channels_last if self.uses_channels_last else torch.contiguous_format
+            freeze = not self.compiled and self._freeze_wanted() and self._freezable()
+            plain_cl = self.uses_channels_last and not freeze
+            fmt = torch.channels_last if plain_cl else torch.contiguous_format
             fast = copy.deepcopy(self.model).to(memory_format=fmt)
+            self._fast_mode = "plain"
             if self.compiled:
                 logger.info("compiling the model for full forwards (torch.compile, once per model state)")
                 fast = torch.compile(fast, dynamic=False, options={"freezing": True})
-                self._compiled_batch = None
+                self._fast_mode = "compiled"
+            elif freeze:
+                self._fast_mode = "frozen"  # traced on the first batch, in _fixed_batches
+            self._compiled_batch = None
             self._fast = (key, fast)
         self._fast_checked = True
         return self._fast[1]
 
+    def _freezable(self) -> bool:
+        """No hooks anywhere (tracing would bake them in) and, unless ``freeze=True``, only
+        torch / torchvision modules (whose forward has no Python side effects to lose)."""
+        hooked = [name or "<model>" for name, m in self.model.named_modules() if _has_hooks(m)]
+        if hooked or _global_hooks():
+            logger.debug("not freezing the model: forward hooks on %s", ", ".join(hooked) or "all modules")
+            return False
+        if self.freeze is None:
+            foreign = {type(m).__module__ for m in self.model.modules()} - {""}
+            foreign = {mod for mod in foreign if not mod.startswith(("torch.", "torchvision."))}
+            if foreign:
+                logger.debug("not freezing the model (freeze=True to force): modules from %s", ", ".join(sorted(foreign)))
+                return False
+        return True
+
+    def _freeze_first(self, model: nn.Module, x: Tensor) -> Tensor:
+        """Trace, freeze and check the private copy on its first batch; eager logits of ``x``."""
+        ref = model(x)
+        try:
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit's deprecation and tracer warnings
+                traced = torch.jit.trace(model, x, check_trace=False)
+                frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+                out = frozen(x)
+            if not isinstance(out, Tensor) or out.shape != ref.shape:
+                raise TypeError("the traced model returns something else than the model")
+            err = float((out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30))
+            if not err <= 1e-4:
+                raise ValueError(f"frozen logits differ from eager ones (relative error {err:.1e})")
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any tracing failure: run eagerly instead
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            logger.warning("freezing the model failed (%s: %s); running it eagerly", type(e).__name__, first)
+            self._freeze_failed = True
+            self._fast_mode = "plain"
+            return ref
+        logger.info("model frozen for full forwards (TorchScript, batch %d) in %.1f s", x.shape[0], time.perf_counter() - t0)
+        self._fast = (self._fast[0] if self._fast else None, frozen)
+        self._compiled_batch = x.shape[0]
+        return ref
+
     def _fixed_batches(self, model: nn.Module, x: Tensor) -> Tensor:
         n = x.shape[0]
+        if self._compiled_batch is None and self._fast_mode == "frozen":
+            return self._freeze_first(model, x)
         if self._compiled_batch is None:
             try:
                 t0 = time.perf_counter()
@@ -197,7 +282,7 @@ class Runtime:
     def reset(self) -> None:
         """End of an engine call: the plain private copy is dropped; a compiled one is checked
         against the model again before its next use (kept while the model is unchanged)."""
-        if not self.compiled:
+        if self._fast_mode == "plain":
             self._fast = None
         self._fast_checked = False
 
@@ -205,6 +290,28 @@ class Runtime:
         """Logits from (possibly modified) target-layer activations, float32."""
         with torch.inference_mode(), self.autocast():
             return self.split.tail(acts, carry, index).float()
+
+
+def _cpu_has_reduced_precision(precision: str) -> bool:
+    """Whether oneDNN reports native ``bf16`` / ``fp16`` support on this CPU (True if unknown)."""
+    probe = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}.get(precision)
+    try:
+        return bool(getattr(torch.ops.mkldnn, probe)())
+    except (AttributeError, RuntimeError, TypeError):
+        return True
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    return any(
+        getattr(m, name, None)
+        for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    )
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as _m
+
+    return any(getattr(_m, n, None) for n in ("_global_forward_hooks", "_global_forward_pre_hooks"))
 
 
 def _format_of(x: Tensor) -> torch.memory_format:

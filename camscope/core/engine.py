@@ -55,8 +55,10 @@ class CamEngine:
     ``batch_size`` (rows per pass of Score-/Ablation-CAM), ``precision``, ``channels_last``
     (full forwards through a channels-last copy of the model; default: on CPU only) and
     ``compile`` (that copy compiled by ``torch.compile``: seconds to tens of seconds once, then
-    faster masked forwards) change the speed, not the maps beyond rounding. The CPU batch
-    defaults were chosen with ``benchmarks/batch_sweep.py``.
+    faster masked forwards) and ``freeze`` (that copy frozen by TorchScript and checked against
+    eager logits; None: on CPU at fp32 for torch / torchvision models, see ``Runtime``) change
+    the speed, not the maps beyond rounding. The CPU batch defaults were chosen with
+    ``benchmarks/batch_sweep.py``.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class CamEngine:
         allow_trace: bool = True,
         channels_last: bool | None = None,
         compile: bool = False,
+        freeze: bool | None = None,
     ) -> None:
         from camscope.core.layers import canonical_layer_name, default_layer
         from camscope.core.tail import split_model
@@ -92,7 +95,7 @@ class CamEngine:
         self.variants = parse_smoothing(smoothing)
         self.normalization = normalization
         self.runtime = Runtime(
-            model, self.split, batch_size, precision, progress, channels_last, compile=compile
+            model, self.split, batch_size, precision, progress, channels_last, compile=compile, freeze=freeze
         )
 
     @property
