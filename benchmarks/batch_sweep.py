@@ -9,7 +9,13 @@ was available) and are what this script checks on a GPU.
 
 For every setting it prints the median seconds per photo over the photos (each photo timed
 ``--repeats`` times after one warm-up) and the lowest map correlation with the fp32 maps at the
-first batch size. Not part of the test suite.
+first batch size. ``--forward-only`` times just the Score-CAM engine's full forwards (``Runtime
+.forward`` on a batch of copies of the photos; milliseconds per image, fastest of the repeats):
+seconds instead of minutes per setting, e.g. to compare eager and frozen copies:
+
+    python benchmarks/batch_sweep.py --forward-only --freeze both --precisions fp32 --scorecam-batches 4,8,16
+
+Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precisions", default=None, help="default: fp32,bf16 (cpu), fp32,bf16,fp16 (cuda)")
     p.add_argument("--channels-last", default="auto", choices=("auto", "both", "on", "off"),
                    help="memory format of Score-CAM's full forwards (default: camscope's choice)")
+    p.add_argument("--freeze", default="auto", choices=("auto", "both", "on", "off"),
+                   help="TorchScript-frozen copy for Score-CAM's full forwards (default: camscope's choice)")
+    p.add_argument("--forward-only", action="store_true",
+                   help="time only the full forwards (ms per image), not whole Score-/Ablation-CAM runs")
     return p.parse_args(argv)
 
 
@@ -69,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     precisions = (args.precisions or ("fp32,bf16,fp16" if cuda else "fp32,bf16")).split(",")
     sc_batches = args.scorecam_batches or ([16, 32, 64, 128, 256, 512] if cuda else [4, 8, 16, 32])
     ab_batches = args.ablation_batches or ([128, 256, 512, 1024, 2048] if cuda else [64, 256])
-    formats = {"auto": [None], "both": [True, False], "on": [True], "off": [False]}[args.channels_last]
+    choice = {"auto": [None], "both": [True, False], "on": [True], "off": [False]}
+    formats = choice[args.channels_last]
+    freezes = choice[args.freeze]
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     print(f"# {args.model} (random weights, seed {args.seed}) on {name}, torch {torch.__version__}, "
           f"{len(photos)} photos, {args.repeats} repeats")
@@ -78,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             torch.cuda.synchronize(device)
 
-    def run(method: str, layer: str, batch: int, precision: str, cl: bool | None):
+    def run(method: str, layer: str, batch: int, precision: str, cl: bool | None, fz: bool | None):
         engine = CamEngine(model, layer, methods=[method], batch_size=batch, precision=precision,
-                           channels_last=cl)
+                           channels_last=cl, freeze=fz)
         per_photo, maps = [], []
         for x in photos:
             times = []
@@ -100,20 +112,46 @@ def main(argv: list[str] | None = None) -> int:
     def corr(a: list[np.ndarray], b: list[np.ndarray]) -> float:
         return min(float(np.corrcoef(x.ravel(), y.ravel())[0, 1]) for x, y in zip(a, b, strict=True))
 
-    print("\n| method | layer | rows/pass | precision | channels-last | s/photo | min corr vs fp32 |")
-    print("|---|---|---:|---|---|---:|---:|")
+    def label(flag: bool | None) -> str:
+        return "auto" if flag is None else ("on" if flag else "off")
+
+    if args.forward_only:
+        print("\n| full forwards | rows/pass | precision | channels-last | freeze | copy used | ms/image |")
+        print("|---|---:|---|---|---|---|---:|")
+        for precision in precisions:
+            for cl in formats:
+                for fz in freezes:
+                    for b in sc_batches:
+                        rt = CamEngine(model, "layer4.-1", methods=["scorecam"], precision=precision,
+                                       channels_last=cl, freeze=fz).runtime
+                        xb = torch.cat(photos).repeat((b + len(photos) - 1) // len(photos), 1, 1, 1)[:b]
+                        rt.forward(xb)  # warm-up (builds the private copy)
+                        best = float("inf")
+                        for _ in range(max(1, args.repeats)):
+                            sync()
+                            t0 = time.perf_counter()
+                            rt.forward(xb)
+                            sync()
+                            best = min(best, time.perf_counter() - t0)
+                        print(f"| {args.model} | {b} | {precision} | {label(cl)} | {label(fz)} | "
+                              f"{rt._fast_mode if rt._fast is not None else 'model'} | {best / b * 1000:.1f} |",
+                              flush=True)
+        return 0
+
+    print("\n| method | layer | rows/pass | precision | channels-last | freeze | s/photo | min corr vs fp32 |")
+    print("|---|---|---:|---|---|---|---:|---:|")
     for method, layer, batches in (("scorecam", "layer4.-1", sc_batches), ("ablationcam", "layer3.-1", ab_batches)):
         ref = None
         for precision in precisions:
-            for cl in formats if method == "scorecam" else [None]:
+            settings = [(cl, fz) for cl in formats for fz in freezes] if method == "scorecam" else [(None, None)]
+            for cl, fz in settings:
                 for b in batches:
                     if cuda:
                         torch.cuda.reset_peak_memory_stats(device)
-                    s, maps = run(method, layer, b, precision, cl)
+                    s, maps = run(method, layer, b, precision, cl, fz)
                     ref = ref or maps
                     extra = f" (peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB)" if cuda else ""
-                    cl_txt = "auto" if cl is None else ("on" if cl else "off")
-                    print(f"| {method} | {layer} | {b} | {precision} | {cl_txt} | {s:.3f}{extra} | "
+                    print(f"| {method} | {layer} | {b} | {precision} | {label(cl)} | {label(fz)} | {s:.3f}{extra} | "
                           f"{corr(ref, maps):.5f} |", flush=True)
     return 0
 

@@ -74,6 +74,7 @@ def explain(
     batch_size: int | None = None,
     progress: bool = False,
     compile: bool = False,
+    freeze: bool | None = None,
 ) -> CamResult:
     """Class activation maps of any ``nn.Module`` classifier for one or more images.
 
@@ -86,7 +87,7 @@ def explain(
         preprocess: how photos become tensors (default: 224x224 resize, ImageNet statistics).
         targets: class per image (or list of classes per image); default: the top-k predicted.
         smoothing: ``"eigen"``, ``"aug"``, ``"eigen,aug"`` or a list of such variants.
-        precision, batch_size, compile: speed settings of Score-/Ablation-CAM (see
+        precision, batch_size, compile, freeze: speed settings of Score-/Ablation-CAM (see
             :class:`~camscope.core.engine.CamEngine`).
     Returns:
         a :class:`~camscope.core.engine.CamResult`; ``maps[name]`` is (B,k,H,W) in [0,1].
@@ -112,6 +113,7 @@ def explain(
         precision=precision,
         progress=progress,
         compile=compile,
+        freeze=freeze,
     )
 
 

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run Score-CAM's masked forwards through torch.compile (pays seconds to a "
                    "minute once per run, then faster; needs a C++ compiler on CPU; falls back to "
                    "uncompiled with a warning)")
+    g.add_argument("--freeze", choices=("auto", "on", "off"), default="auto",
+                   help="Score-CAM's masked forwards through a TorchScript-frozen copy of the model, "
+                   "checked against eager logits (auto: on CPU at fp32 for torch/torchvision models)")
     g.add_argument("--batch-size", type=int, default=None,
                    help="rows per forward pass for Score-/Ablation-CAM (default on CPU: 8 full forwards, 256 tails; on CUDA: 128, 1024)")
     g.add_argument("--images-per-batch", type=int, default=4, help="images per capture (default: 4)")
@@ -156,6 +159,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         precision=args.precision,
         compile=args.compile,
+        freeze={"auto": None, "on": True, "off": False}[args.freeze],
         colormap=args.colormap,
         alpha=args.alpha,
         figures=args.figures,

@@ -55,6 +55,7 @@ class ExplainOptions:
     images_per_batch: int = 4
     precision: str = "fp32"
     compile: bool = False
+    freeze: bool | None = None
     colormap: str = "jet"
     alpha: float = 0.5
     max_pixels: int = 89_478_485
@@ -303,6 +304,7 @@ def run_explain(
         precision=opts.precision,
         progress=not opts.quiet,
         compile=opts.compile,
+        freeze=opts.freeze,
     )
     num_classes = _num_outputs(loaded, device)
     if loaded.categories is not None and len(loaded.categories) != num_classes:

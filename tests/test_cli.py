@@ -244,3 +244,22 @@ def test_missing_input_is_a_usage_error(tmp_path, capsys) -> None:
     rc, _, err = _run(["explain", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "o")], capsys)
     assert rc == 2 and err.startswith("camscope: error: ") and len(err.strip().splitlines()) == 1
     assert "nothing-here" in err
+
+
+@pytest.mark.parametrize("flag,expected", [("auto", None), ("on", True), ("off", False)])
+def test_freeze_flag_reaches_the_engine(monkeypatch, tmp_path, photos, capsys, flag, expected) -> None:
+    import camscope.core.engine as engine_mod
+
+    seen: list[object] = []
+
+    class Recording(engine_mod.CamEngine):
+        def __init__(self, *a, **kw) -> None:
+            seen.append(kw.get("freeze"))
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(engine_mod, "CamEngine", Recording)
+    argv = ["explain", str(photos.dir), "--out", str(tmp_path / "o"), "--quiet", "--no-figures",
+            "--model", "resnet18", "--weights-tag", "none", "--methods", "gradcam", "--freeze", flag]
+    rc, _, err = _run(argv, capsys)
+    assert rc == 0, err
+    assert seen == [expected]

@@ -204,6 +204,7 @@ def compute_cams(
     precision: str = "fp32",
     progress: bool = False,
     compile: bool = False,
+    freeze: bool | None = None,
 ) -> CamResult:
     """One-call convenience around :class:`CamEngine` for a batch of images."""
     engine = CamEngine(
@@ -216,5 +217,6 @@ def compute_cams(
         precision=precision,
         progress=progress,
         compile=compile,
+        freeze=freeze,
     )
     return engine(images, targets, top_k)
