@@ -237,8 +237,7 @@ class Runtime:
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - any tracing failure: run eagerly instead
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            logger.warning("freezing the model failed (%s: %s); running it eagerly", type(e).__name__, first)
+            _warn_fallback("freezing the model", e, "running it eagerly")
             self._freeze_failed = True
             self._fast_mode = "plain"
             return ref
@@ -259,8 +258,7 @@ class Runtime:
             except torch.OutOfMemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - any compiler failure: run uncompiled instead
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                logger.warning("torch.compile failed (%s: %s); running uncompiled", type(e).__name__, first)
+                _warn_fallback("torch.compile", e, "running uncompiled")
                 self._compile_failed = True
                 self._fast = None
                 return self._fast_model()(x)
@@ -280,8 +278,8 @@ class Runtime:
         return torch.cat(outs)
 
     def reset(self) -> None:
-        """End of an engine call: the plain private copy is dropped; a compiled one is checked
-        against the model again before its next use (kept while the model is unchanged)."""
+        """End of an engine call: the plain private copy is dropped; a frozen or compiled one is
+        checked against the model again before its next use (kept while the model is unchanged)."""
         if self._fast_mode == "plain":
             self._fast = None
         self._fast_checked = False
@@ -290,6 +288,12 @@ class Runtime:
         """Logits from (possibly modified) target-layer activations, float32."""
         with torch.inference_mode(), self.autocast():
             return self.split.tail(acts, carry, index).float()
+
+
+def _warn_fallback(what: str, exc: Exception, instead: str) -> None:
+    """One warning line: what failed, the exception's type and first line, what runs instead."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    logger.warning("%s failed (%s: %s); %s", what, type(exc).__name__, first, instead)
 
 
 def _cpu_has_reduced_precision(precision: str) -> bool:
