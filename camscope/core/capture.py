@@ -84,9 +84,10 @@ class Runtime:
     * **frozen** (``freeze``; default on CPU at fp32 for models built from torch / torchvision
       modules only, without hooks, whose split traced): traced, frozen and optimised for
       inference by TorchScript (batch norm folded into the convolutions, oneDNN convolutions
-      with fused ReLU / residual add), 1.3-1.6x faster per forward than eager on the CPUs
-      measured. The first batch is also run eagerly and the frozen copy is used only if its
-      logits agree (relative error below 1e-4); any failure falls back to eager with a warning;
+      with fused ReLU / residual add): 1.07-1.26x faster per ResNet-50 forward than eager in
+      ``benchmarks/batch_sweep.py --forward-only`` on the one (AVX2) CPU measured. The first
+      batch is also run eagerly and the frozen copy is used only if its logits agree (relative
+      error below 1e-4); any failure falls back to eager with a warning;
     * **compiled** (``compile=True``) by ``torch.compile`` (inductor, freezing);
     * otherwise **plain**: channels-last (``channels_last``; default on CPU).
 
@@ -188,7 +189,7 @@ class Runtime:
         kept = self.compiled or self._freeze_wanted()
         key = _state_key(self.model) if kept else None
         if self._fast is None or key is None or self._fast[0] != key:
-            freeze = not self.compiled and self._freeze_wanted() and self._freezable()
+            freeze = self._freeze_wanted() and self._freezable()  # never with compile=True
             plain_cl = self.uses_channels_last and not freeze
             fmt = torch.channels_last if plain_cl else torch.contiguous_format
             fast = copy.deepcopy(self.model).to(memory_format=fmt)
@@ -212,8 +213,8 @@ class Runtime:
             logger.debug("not freezing the model: forward hooks on %s", ", ".join(hooked) or "all modules")
             return False
         if self.freeze is None:
-            foreign = {type(m).__module__ for m in self.model.modules()} - {""}
-            foreign = {mod for mod in foreign if not mod.startswith(("torch.", "torchvision."))}
+            modules = {type(m).__module__ for m in self.model.modules()}
+            foreign = {mod for mod in modules if not mod.startswith(("torch.", "torchvision."))}
             if foreign:
                 logger.debug("not freezing the model (freeze=True to force): modules from %s", ", ".join(sorted(foreign)))
                 return False
@@ -242,28 +243,32 @@ class Runtime:
             self._fast_mode = "plain"
             return ref
         logger.info("model frozen for full forwards (TorchScript, batch %d) in %.1f s", x.shape[0], time.perf_counter() - t0)
-        self._fast = (self._fast[0] if self._fast else None, frozen)
+        self._fast = (self._fast[0], frozen)  # _fast_model made the eager copy this replaces
         self._compiled_batch = x.shape[0]
         return ref
 
+    def _compile_first(self, model: nn.Module, x: Tensor) -> Tensor:
+        """Run (and so compile) the compiled copy on its first batch; uncompiled if that fails."""
+        try:
+            t0 = time.perf_counter()
+            out = model(x)
+            logger.info("torch.compile: first batch of %d took %.1f s", x.shape[0], time.perf_counter() - t0)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any compiler failure: run uncompiled instead
+            _warn_fallback("torch.compile", e, "running uncompiled")
+            self._compile_failed = True
+            self._fast = None
+            return self._fast_model()(x)
+        self._compiled_batch = x.shape[0]
+        return out
+
     def _fixed_batches(self, model: nn.Module, x: Tensor) -> Tensor:
-        n = x.shape[0]
-        if self._compiled_batch is None and self._fast_mode == "frozen":
-            return self._freeze_first(model, x)
+        """Frozen or compiled forwards at one batch size, built on the first batch seen."""
         if self._compiled_batch is None:
-            try:
-                t0 = time.perf_counter()
-                out = model(x)
-                logger.info("torch.compile: first batch of %d took %.1f s", n, time.perf_counter() - t0)
-            except torch.OutOfMemoryError:
-                raise
-            except Exception as e:  # noqa: BLE001 - any compiler failure: run uncompiled instead
-                _warn_fallback("torch.compile", e, "running uncompiled")
-                self._compile_failed = True
-                self._fast = None
-                return self._fast_model()(x)
-            self._compiled_batch = n
-            return out
+            first = self._freeze_first if self._fast_mode == "frozen" else self._compile_first
+            return first(model, x)
+        n = x.shape[0]
         b = self._compiled_batch
         if n == b:
             return model(x)
