@@ -7,7 +7,8 @@
   is compiled, and falls back to uncompiled forwards, with a warning, when compiling fails;
 - the TorchScript-frozen copy (default on CPU at fp32 for torch / torchvision models) gives the
   eager maps, is kept while the model is unchanged and rebuilt when it changes, is not used for
-  models with hooks, custom modules (unless ``freeze=True``) or reduced precision, and falls
+  models with hooks, custom modules (unless ``freeze=True``) or bf16 on CPUs without bf16
+  instructions, and falls
   back to eager forwards, with a warning, when tracing fails or its logits disagree;
 - per-device batch defaults; the warning for bf16 on a CPU without bf16 instructions.
 """
@@ -211,7 +212,8 @@ def test_frozen_by_default_equals_eager_and_is_kept(images) -> None:
     kept = rt._fast[1]
     torch.testing.assert_close(engine(x).maps["scorecam"], frozen)
     assert rt._fast[1] is kept  # unchanged model: not traced again
-    # Longer and shorter batches than the traced one: split and padded, same logits.
+    # Longer and shorter batches than the traced one: the frozen graph takes them (checked
+    # against the model once), same logits.
     with torch.inference_mode():
         for n in (9, 1):
             xs = images(n, seed=n)
@@ -236,7 +238,7 @@ def test_frozen_copy_follows_model_changes(change, images) -> None:
     assert not torch.allclose(after, before, atol=1e-3)
 
 
-def test_not_frozen_with_hooks_custom_modules_or_low_precision(tiny_cnn_dead, images) -> None:
+def test_not_frozen_with_hooks_custom_modules_or_without_split(tiny_cnn_dead, images) -> None:
     x = images(1, seed=2)
     hooked = _sequential()
     handle = hooked.features[0].register_forward_hook(lambda m, i, out: out * 0.5)
@@ -254,12 +256,26 @@ def test_not_frozen_with_hooks_custom_modules_or_low_precision(tiny_cnn_dead, im
     forced = CamEngine(tiny_cnn_dead, "features", methods=["scorecam"], freeze=True)
     torch.testing.assert_close(forced(x).maps["scorecam"], custom(x).maps["scorecam"], atol=1e-5, rtol=1e-4)
     assert forced.runtime._fast_mode == "frozen"
-    low = CamEngine(_sequential(), "features", methods=["scorecam"], precision="bf16")
-    low(x)
-    assert low.runtime._fast_mode == "plain"
     untraced = CamEngine(_sequential(), "features", methods=["scorecam"], allow_trace=False)
     untraced(x)
     assert untraced.runtime._fast_mode == "plain"  # no fx split: control flow not known to be fixed
+
+
+def test_bf16_frozen_only_where_the_cpu_has_bf16(monkeypatch, images) -> None:
+    import camscope.core.capture as capture_mod
+
+    x = images(2, seed=3)
+    fp32 = _scorecam(_sequential(), x, freeze=False)
+    maps = {}
+    for native in (False, True):
+        monkeypatch.setattr(capture_mod, "_cpu_has_reduced_precision", lambda precision, n=native: n)
+        engine = CamEngine(_sequential(), "features", methods=["scorecam"], precision="bf16")
+        maps[native] = engine(x).maps["scorecam"]
+        assert engine.runtime._fast_mode == ("frozen" if native else "plain")
+    # Traced under autocast: the frozen graph computes in bf16 as the eager one does.
+    for m in maps.values():
+        assert torch.corrcoef(torch.stack([m.flatten(), fp32.flatten()]))[0, 1] > 0.99
+    torch.testing.assert_close(maps[True], maps[False], atol=3e-2, rtol=0)
 
 
 def _wrong_freeze(module):

@@ -113,6 +113,8 @@ class Runtime:
     _fast_checked: bool = field(default=False, repr=False)
     _compiled_batch: int | None = field(default=None, repr=False)
     _compile_failed: bool = field(default=False, repr=False)
+    _tuned: dict[Any, int] = field(default_factory=dict, repr=False)
+    _any_batch: bool | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.precision != "fp32" and self.device.type == "cpu" and not _cpu_has_reduced_precision(self.precision):
@@ -142,6 +144,42 @@ class Runtime:
             return default.get(self.device.type, default["cpu"])
         return default
 
+    def forward_slices(self, n: int, default: int | Mapping[str, int], key: Any = None) -> Iterator[slice]:
+        """Slices of ``range(n)``, one per full forward the caller runs for them.
+
+        With a ``batch_size`` set, on CUDA, or with ``compile`` (a new batch size would compile
+        again), every slice has ``batch(default)`` rows. Otherwise the first slices try each of
+        ``CPU_FORWARD_CANDIDATES`` and the rest use the fastest per row (``BatchTuner``): the
+        time between two slices is the caller's work on the first one. The choice is kept
+        for later calls with the same ``key`` (e.g. the input shape), precision and copy.
+        """
+        from camscope.core.batching import CPU_FORWARD_CANDIDATES, BatchTuner
+
+        start = 0
+        if self.batch_size or self.device.type != "cpu" or self.compile:
+            size = self.batch(default)
+        else:
+            tkey = (key, self.precision, self.freeze, self.channels_last)
+            size = self._tuned.get(tkey, 0)
+            if not size:
+                tuner = BatchTuner(CPU_FORWARD_CANDIDATES)
+                while start < n and not tuner.done:
+                    stop = min(start + tuner.next_size(), n)
+                    t0 = time.perf_counter()
+                    yield slice(start, stop)
+                    tuner.record(stop - start, time.perf_counter() - t0)
+                    start = stop
+                if tuner.done:
+                    self._tuned[tkey] = tuner.best
+                    logger.info(
+                        "full forwards: %d rows per pass (ms per row: %s)",
+                        tuner.best,
+                        ", ".join(f"{c}: {1e3 * t:.1f}" for c, t in tuner.costs().items()),
+                    )
+                size = tuner.next_size()
+        for s in range(start, n, size):
+            yield slice(s, min(s + size, n))
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast context for the chosen precision (a no-op for fp32)."""
         if self.precision == "fp32":
@@ -160,27 +198,45 @@ class Runtime:
 
     def _freeze_wanted(self) -> bool:
         """Whether the private copy should be frozen (before looking at the model's modules)."""
-        if self.freeze is False or self.compile or self._freeze_failed or self.precision != "fp32":
+        if self.freeze is False or self.compile or self._freeze_failed:
             return False
         if self.freeze is None:
-            return self.device.type == "cpu" and bool(getattr(self.split, "traced", False))
+            native = self.precision == "fp32" or (
+                self.precision == "bf16" and _cpu_has_reduced_precision("bf16")
+            )
+            return self.device.type == "cpu" and native and bool(getattr(self.split, "traced", False))
         return True
+
+    @property
+    def _cl_input(self) -> bool:
+        """Full-forward inputs in channels-last: for the plain copy, and for a frozen one at
+        bf16/fp16 (whose convolutions stay aten ones; at fp32 TorchScript hands them to oneDNN
+        in its own layout, and the input format made no difference)."""
+        mode = self._fast_mode
+        return self.uses_channels_last and (mode == "plain" or (mode == "frozen" and self.precision != "fp32"))
 
     def forward(self, x: Tensor) -> Tensor:
         """Full-model logits of a batch, float32.
 
-        Compiled and frozen forwards always see the same batch size (the first one seen): a
-        shorter batch is padded with zeros and a longer one split."""
+        Compiled forwards always see the same batch size (the first one seen): a shorter batch
+        is padded with zeros and a longer one split. Frozen ones take any batch size."""
         if x.dim() != 4 or not (self.uses_channels_last or self.compile or self._freeze_wanted()):
             with torch.inference_mode(), self.autocast():
                 return self.model(x).float()
         model = self._fast_model()
-        if self._fast_mode == "plain" and self.uses_channels_last:
+        if self._cl_input:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self.autocast():
             if self._fast_mode == "plain":
                 return model(x).float()
             return self._fixed_batches(model, x).float()
+
+    @property
+    def _tolerance(self) -> float:
+        """Relative error allowed between frozen and eager logits: rounding only at fp32; at
+        bf16 the two round differently (3.5e-3 on ResNet-50, as far as bf16 is from fp32),
+        while a wrong trace is off by order 1."""
+        return 1e-4 if self.precision == "fp32" else 3e-2
 
     def _fast_model(self) -> nn.Module:
         """The private copy for full forwards, rebuilt when the model changed since it was made."""
@@ -190,8 +246,8 @@ class Runtime:
         key = _state_key(self.model) if kept else None
         if self._fast is None or key is None or self._fast[0] != key:
             freeze = self._freeze_wanted() and self._freezable()  # never with compile=True
-            plain_cl = self.uses_channels_last and not freeze
-            fmt = torch.channels_last if plain_cl else torch.contiguous_format
+            cl = self.uses_channels_last and (not freeze or self.precision != "fp32")
+            fmt = torch.channels_last if cl else torch.contiguous_format
             fast = copy.deepcopy(self.model).to(memory_format=fmt)
             self._fast_mode = "plain"
             if self.compiled:
@@ -232,8 +288,8 @@ class Runtime:
                 out = frozen(x)
             if not isinstance(out, Tensor) or out.shape != ref.shape:
                 raise TypeError("the traced model returns something else than the model")
-            err = float((out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30))
-            if not err <= 1e-4:
+            err = _relative_error(out, ref)
+            if not err <= self._tolerance:
                 raise ValueError(f"frozen logits differ from eager ones (relative error {err:.1e})")
         except torch.OutOfMemoryError:
             raise
@@ -245,6 +301,7 @@ class Runtime:
         logger.info("model frozen for full forwards (TorchScript, batch %d) in %.1f s", x.shape[0], time.perf_counter() - t0)
         self._fast = (self._fast[0], frozen)  # _fast_model made the eager copy this replaces
         self._compiled_batch = x.shape[0]
+        self._any_batch = None
         return ref
 
     def _compile_first(self, model: nn.Module, x: Tensor) -> Tensor:
@@ -264,10 +321,16 @@ class Runtime:
         return out
 
     def _fixed_batches(self, model: nn.Module, x: Tensor) -> Tensor:
-        """Frozen or compiled forwards at one batch size, built on the first batch seen."""
+        """Frozen or compiled forwards, built on the first batch seen. A frozen graph takes any
+        batch size; a compiled one always gets the first batch's size (padded or split), as
+        another size would compile again."""
         if self._compiled_batch is None:
             first = self._freeze_first if self._fast_mode == "frozen" else self._compile_first
             return first(model, x)
+        if self._fast_mode == "frozen" and self._any_batch is not False:
+            if self._any_batch or x.shape[0] == self._compiled_batch:
+                return model(x)
+            return self._check_any_batch(model, x)
         n = x.shape[0]
         b = self._compiled_batch
         if n == b:
@@ -281,6 +344,23 @@ class Runtime:
                 chunk = torch.cat([chunk, pad]).contiguous(memory_format=_format_of(x))
             outs.append(model(chunk)[:m])
         return torch.cat(outs)
+
+    def _check_any_batch(self, model: nn.Module, x: Tensor) -> Tensor:
+        """First batch of a new size through the frozen copy: checked against the model once, as
+        a trace may have kept the first batch's size; if it did, batches are padded or split
+        to that size from then on."""
+        ref = self.model(x)
+        try:
+            out = model(x)
+            self._any_batch = isinstance(out, Tensor) and _relative_error(out, ref) <= self._tolerance
+        except torch.OutOfMemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - e.g. a reshape with the traced batch size
+            self._any_batch = False
+        if not self._any_batch:
+            logger.debug("frozen copy: batch size fixed at %d (traced)", self._compiled_batch)
+            return ref
+        return out
 
     def reset(self) -> None:
         """End of an engine call: the plain private copy is dropped; a frozen or compiled one is
@@ -299,6 +379,13 @@ def _warn_fallback(what: str, exc: Exception, instead: str) -> None:
     """One warning line: what failed, the exception's type and first line, what runs instead."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     logger.warning("%s failed (%s: %s); %s", what, type(exc).__name__, first, instead)
+
+
+def _relative_error(out: Tensor, ref: Tensor) -> float:
+    """||out - ref|| / ||ref|| (inf when the shapes differ)."""
+    if out.shape != ref.shape:
+        return float("inf")
+    return float((out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30))
 
 
 def _cpu_has_reduced_precision(precision: str) -> bool:

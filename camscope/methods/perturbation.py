@@ -94,15 +94,14 @@ def _masked_scores(
     each distinct mask is evaluated once.
     """
     size = image.shape[-2:]
-    bs = rt.batch(FORWARD_BATCH)
     flat = acts.flatten(1).float()
     lo, hi = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
     key = torch.round((flat - lo) / (hi - lo).clamp_min(1e-30) * 2**20)
     _, first, inverse = _unique_rows(key)
     distinct = acts[first]
     out = torch.empty(len(first), len(targets), device=image.device)
-    for start in range(0, len(first), bs):
-        a = distinct[start : start + bs].float()
+    for rows in rt.forward_slices(len(first), FORWARD_BATCH, key=tuple(image.shape)):
+        a = distinct[rows].float()
         up = F.interpolate(a[:, None], size=size, mode="bilinear", align_corners=pgc_masks)[:, 0]
         up_flat = up.flatten(1)
         lo_up = up_flat.min(dim=1).values[:, None, None]
@@ -111,7 +110,7 @@ def _masked_scores(
         masks = (up - lo_up) / span
         logits = rt.forward(image[None] * masks[:, None])
         scores = torch.softmax(logits, dim=1) if probabilities else logits
-        out[start : start + a.shape[0]] = scores[:, targets]
+        out[rows] = scores[:, targets]
         if bar is not None:
             bar.update(a.shape[0])
     if bar is not None:
