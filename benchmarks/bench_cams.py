@@ -899,9 +899,19 @@ class Bench:
     def section_scorecam_precision(self) -> None:
         low = self.args.low_precision
         photos = self.slow_photos()
-        ref = self.reference("scorecam", "layer4", photos)
-        fp32 = self.run_camscope(["scorecam"], "layer4", photos, "fp32")
-        lowp = self.run_camscope(["scorecam"], "layer4", photos, low)
+        # Photo by photo (pytorch-grad-cam, camscope fp32, camscope low precision), so that each
+        # photo's ratios come from minutes apart: on shared machines the speed drifts by tens of
+        # percent over tens of minutes (the same pytorch-grad-cam call took 58 s and 95 s).
+        ref, fp32, lowp = {}, {}, {}
+        for i, p in enumerate(photos):
+            for out, run in (
+                (ref, lambda p=p: self.reference("scorecam", "layer4", [p])),
+                (fp32, lambda p=p: self.run_camscope(["scorecam"], "layer4", [p], "fp32")),
+                (lowp, lambda p=p: self.run_camscope(["scorecam"], "layer4", [p], low)),
+            ):
+                got = run().get(0)
+                if got is not None:
+                    out[i] = got
         cp = self.args.compile_precision or low
         comp = self.run_camscope(["scorecam"], "layer4", photos, cp, compile=True) if self.args.compile else {}
         columns_compiled = [

@@ -77,9 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "uncompiled with a warning)")
     g.add_argument("--freeze", choices=("auto", "on", "off"), default="auto",
                    help="Score-CAM's masked forwards through a TorchScript-frozen copy of the model, "
-                   "checked against eager logits (auto: on CPU at fp32 for torch/torchvision models)")
+                   "checked against eager logits (auto: on CPU at fp32, and at bf16 on CPUs with bf16 instructions, "
+                   "for torch/torchvision models)")
     g.add_argument("--batch-size", type=int, default=None,
-                   help="rows per forward pass for Score-/Ablation-CAM (default on CPU: 8 full forwards, 256 tails; on CUDA: 128, 1024)")
+                   help="rows per forward pass for Score-/Ablation-CAM (default on CPU: full forwards measured on "
+                   "the first batches among 2/4/8/16 (8 with --compile), 256 tails; on CUDA: 128, 1024)")
     g.add_argument("--images-per-batch", type=int, default=4, help="images per capture (default: 4)")
     g.add_argument("--max-pixels", type=int, default=89_478_485, metavar="N",
                    help="refuse images with more pixels than this (decompression-bomb guard and memory "

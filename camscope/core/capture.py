@@ -81,13 +81,15 @@ class Runtime:
     Full forwards (Score-CAM's masked images) may run through a private copy of the model; the
     user's model is never converted. The copy is
 
-    * **frozen** (``freeze``; default on CPU at fp32 for models built from torch / torchvision
-      modules only, without hooks, whose split traced): traced, frozen and optimised for
-      inference by TorchScript (batch norm folded into the convolutions, oneDNN convolutions
-      with fused ReLU / residual add): 1.07-1.26x faster per ResNet-50 forward than eager in
-      ``benchmarks/batch_sweep.py --forward-only`` on the one (AVX2) CPU measured. The first
-      batch is also run eagerly and the frozen copy is used only if its logits agree (relative
-      error below 1e-4); any failure falls back to eager with a warning;
+    * **frozen** (``freeze``; default on CPU at fp32, and at bf16 on CPUs with bf16
+      instructions, for models built from torch / torchvision modules only, without hooks,
+      whose split traced): traced (under autocast at bf16), frozen and optimised for inference
+      by TorchScript (batch norm folded into the convolutions, oneDNN convolutions with fused
+      ReLU / residual add): 1.07-1.26x faster per ResNet-50 forward than eager at fp32 in
+      ``benchmarks/batch_sweep.py --forward-only`` on an AVX2 CPU, 1.2-1.4x at bf16 on an
+      AVX-512 one. The first batch is also run eagerly and the frozen copy is used only if its
+      logits agree (relative error below 1e-4; 3e-2 at bf16); any failure falls back to eager
+      with a warning;
     * **compiled** (``compile=True``) by ``torch.compile`` (inductor, freezing);
     * otherwise **plain**: channels-last (``channels_last``; default on CPU).
 

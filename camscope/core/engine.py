@@ -56,9 +56,11 @@ class CamEngine:
     (full forwards through a channels-last copy of the model; default: on CPU only) and
     ``compile`` (that copy compiled by ``torch.compile``: seconds to tens of seconds once, then
     faster masked forwards) and ``freeze`` (that copy frozen by TorchScript and checked against
-    eager logits; None: on CPU at fp32 for torch / torchvision models, see ``Runtime``) change
-    the speed, not the maps beyond rounding. The CPU batch defaults were chosen with
-    ``benchmarks/batch_sweep.py``.
+    eager logits; None: on CPU at fp32, or bf16 with bf16 instructions, for torch / torchvision
+    models, see ``Runtime``) change the speed, not the maps beyond rounding. The batch defaults
+    were chosen with ``benchmarks/batch_sweep.py``, except on CPU for Score-CAM's full forwards
+    without ``batch_size``: there they are measured on each engine's first batches
+    (``Runtime.forward_slices``).
     """
 
     def __init__(

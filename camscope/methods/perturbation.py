@@ -19,9 +19,11 @@ from camscope.methods.registry import register
 _PGC_EPS = 1e-8
 #: Default rows per pass per device type. CPU values measured on ResNet-50 with
 #: benchmarks/batch_sweep.py (2 cores): the tail at layer4 is cheap per row, so large batches
-#: amortise its overhead; full forwards are fastest per image at 4-8 images (cache). The CUDA
-#: values were NOT measured here (no GPU was available): they follow the rule that only large
-#: batches fill a GPU; run benchmarks/batch_sweep.py on yours and pass --batch-size to override.
+#: amortise its overhead. On CPU, Score-CAM's full forwards do not use FORWARD_BATCH unless
+#: ``compile`` is set: their batch size is measured on the first batches of each run
+#: (``Runtime.forward_slices``; 4 or 8 is usually fastest, by cache). The CUDA values were NOT
+#: measured here (no GPU was available): they follow the rule that only large batches fill a
+#: GPU; run benchmarks/batch_sweep.py on yours and pass --batch-size to override.
 TAIL_BATCH = {"cpu": 256, "cuda": 1024}
 FORWARD_BATCH = {"cpu": 8, "cuda": 128}
 
