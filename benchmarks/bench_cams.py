@@ -484,7 +484,8 @@ class Bench:
         return out
 
     def camscope_forward_batch(self) -> int:
-        """Images per full forward in camscope's Score-CAM: --batch-size, else camscope's default."""
+        """Images per full forward in camscope's Score-CAM: --batch-size, else camscope's fixed
+        default (FORWARD_BATCH; on CPU camscope measures its own per run unless compiling)."""
         if self.args.batch_size:
             return self.args.batch_size
         perturbation = importlib.import_module("camscope.methods.perturbation")
@@ -502,6 +503,8 @@ class Bench:
         kind = self.device.type
         tail = tail.get(kind, tail["cpu"]) if isinstance(tail, dict) else tail
         fwd = fwd.get(kind, fwd["cpu"]) if isinstance(fwd, dict) else fwd
+        if kind == "cpu" and hasattr(importlib.import_module("camscope.core.capture").Runtime, "forward_slices"):
+            fwd = "measured per run among 2/4/8/16"
         return f"its defaults (tail rows {tail}, full forwards {fwd})" if tail or fwd else "its default"
 
     def pgc_label(self, method: str) -> str:
