@@ -116,26 +116,31 @@ def main(argv: list[str] | None = None) -> int:
         return "auto" if flag is None else ("on" if flag else "off")
 
     if args.forward_only:
-        print("\n| full forwards | rows/pass | precision | channels-last | freeze | copy used | ms/image |")
-        print("|---|---:|---|---|---|---|---:|")
+        # Per precision and batch size, the settings (channels-last x freeze) take turns run by
+        # run, so that drifts in the machine's speed hit them all alike.
+        print("\n| full forwards | rows/pass | precision | channels-last | freeze | copy used | ms/image (fastest) | ms/image (median) |")
+        print("|---|---:|---|---|---|---|---:|---:|")
         for precision in precisions:
-            for cl in formats:
-                for fz in freezes:
-                    for b in sc_batches:
-                        rt = CamEngine(model, "layer4.-1", methods=["scorecam"], precision=precision,
-                                       channels_last=cl, freeze=fz).runtime
-                        xb = torch.cat(photos).repeat((b + len(photos) - 1) // len(photos), 1, 1, 1)[:b]
-                        rt.forward(xb)  # warm-up (builds the private copy)
-                        best = float("inf")
-                        for _ in range(max(1, args.repeats)):
-                            sync()
-                            t0 = time.perf_counter()
-                            rt.forward(xb)
-                            sync()
-                            best = min(best, time.perf_counter() - t0)
-                        print(f"| {args.model} | {b} | {precision} | {label(cl)} | {label(fz)} | "
-                              f"{rt._fast_mode if rt._fast is not None else 'model'} | {best / b * 1000:.1f} |",
-                              flush=True)
+            for b in sc_batches:
+                xb = torch.cat(photos).repeat((b + len(photos) - 1) // len(photos), 1, 1, 1)[:b]
+                settings = [(cl, fz) for cl in formats for fz in freezes]
+                rts = [CamEngine(model, "layer4.-1", methods=["scorecam"], precision=precision,
+                                 channels_last=cl, freeze=fz).runtime for cl, fz in settings]
+                for rt in rts:
+                    rt.forward(xb)  # warm-up (builds the private copy)
+                    rt.forward(xb)
+                times: list[list[float]] = [[] for _ in rts]
+                for _ in range(max(1, args.repeats)):
+                    for rt, ts in zip(rts, times, strict=True):
+                        sync()
+                        t0 = time.perf_counter()
+                        rt.forward(xb)
+                        sync()
+                        ts.append((time.perf_counter() - t0) / b * 1000)
+                for (cl, fz), rt, ts in zip(settings, rts, times, strict=True):
+                    print(f"| {args.model} | {b} | {precision} | {label(cl)} | {label(fz)} | "
+                          f"{rt._fast_mode if rt._fast is not None else 'model'} | {min(ts):.1f} | "
+                          f"{statistics.median(ts):.1f} |", flush=True)
         return 0
 
     print("\n| method | layer | rows/pass | precision | channels-last | freeze | s/photo | min corr vs fp32 |")

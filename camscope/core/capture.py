@@ -86,8 +86,8 @@ class Runtime:
       whose split traced): traced (under autocast at bf16), frozen and optimised for inference
       by TorchScript (batch norm folded into the convolutions, oneDNN convolutions with fused
       ReLU / residual add): 1.07-1.26x faster per ResNet-50 forward than eager at fp32 in
-      ``benchmarks/batch_sweep.py --forward-only`` on an AVX2 CPU, 1.2-1.4x at bf16 on an
-      AVX-512 one. The first batch is also run eagerly and the frozen copy is used only if its
+      ``benchmarks/batch_sweep.py --forward-only`` on an AVX2 CPU, 1.07-1.23x at fp32 and
+      1.23-1.30x at bf16 on an AVX-512 one. The first batch is also run eagerly and the frozen copy is used only if its
       logits agree (relative error below 1e-4; 3e-2 at bf16); any failure falls back to eager
       with a warning;
     * **compiled** (``compile=True``) by ``torch.compile`` (inductor, freezing);
