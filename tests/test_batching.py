@@ -2,8 +2,9 @@
 
 - the tuner tries every candidate, ignores each one's first (warm-up) batch and short batches,
   and settles on the fastest per row;
-- ``forward_slices`` covers every row once, in order, tunes on the first call only (per key),
-  and does not tune with a batch size set, with ``compile`` or on CUDA;
+- ``forward_slices`` covers every row once, in order, tunes on the first call only (per key;
+  calls with too few rows go on where the last stopped), and does not tune with a batch size
+  set, with ``compile`` or on CUDA;
 - Score-CAM with a tuned batch equals Score-CAM with a fixed one, and a frozen copy whose
   trace kept its batch size is caught and padded instead.
 """
@@ -94,9 +95,15 @@ def test_forward_slices_too_few_rows_to_finish_tuning(monkeypatch, tiny_cnn) -> 
     monkeypatch.setattr(capture_mod.time, "perf_counter", clock)
     monkeypatch.setattr(batching, "CPU_FORWARD_CANDIDATES", (2, 4, 8))
     rt = Runtime(tiny_cnn, split=None)
-    assert _drain(rt, 9, {2: 1.0, 4: 2.0}, clock) == [2, 2, 2, 3]
-    assert rt._tuned == {}  # nothing learnt from an unfinished measurement
-    assert _drain(rt, 7, {2: 1.0}, clock)[:3] == [2, 2, 2]
+    per_row = {2: 3.0, 4: 1.0, 8: 2.0}
+    assert _drain(rt, 9, per_row, clock) == [2, 2, 2, 3]
+    tuner = next(iter(rt._tuners.values()))
+    assert not tuner.done and tuner.costs() == {2: 3.0}
+    # The next calls go on where it stopped (4 rows: warm-up, then timed), then settle.
+    assert _drain(rt, 12, per_row, clock) == [4, 4, 4]
+    assert _drain(rt, 30, per_row, clock) == [8, 8, 8, 4, 2]
+    assert tuner.done and tuner.best == 4
+    assert _drain(rt, 9, per_row, clock) == [4, 4, 1]
 
 
 def test_forward_slices_fixed_without_tuning(tiny_cnn) -> None:
@@ -116,7 +123,7 @@ def test_tuned_scorecam_equals_fixed_batch(monkeypatch, make_tiny_cnn, images) -
     engine = CamEngine(model, "features", methods=["scorecam"], freeze=True)
     tuned = engine(x)
     assert engine.runtime._fast_mode == "frozen" and engine.runtime._any_batch is True
-    assert list(engine.runtime._tuned.values())[0] in (2, 3, 5)
+    assert next(iter(engine.runtime._tuners.values())).best in (2, 3, 5)
     torch.testing.assert_close(tuned.maps["scorecam"], fixed.maps["scorecam"], atol=1e-5, rtol=1e-4)
 
 

@@ -115,7 +115,7 @@ class Runtime:
     _fast_checked: bool = field(default=False, repr=False)
     _compiled_batch: int | None = field(default=None, repr=False)
     _compile_failed: bool = field(default=False, repr=False)
-    _tuned: dict[Any, int] = field(default_factory=dict, repr=False)
+    _tuners: dict[Any, Any] = field(default_factory=dict, repr=False)  # key -> BatchTuner
     _any_batch: bool | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -152,8 +152,9 @@ class Runtime:
         With a ``batch_size`` set, on CUDA, or with ``compile`` (a new batch size would compile
         again), every slice has ``batch(default)`` rows. Otherwise the first slices try each of
         ``CPU_FORWARD_CANDIDATES`` and the rest use the fastest per row (``BatchTuner``): the
-        time between two slices is the caller's work on the first one. The choice is kept
-        for later calls with the same ``key`` (e.g. the input shape), precision and copy.
+        time between two slices is the caller's work on the first one. The measurement and
+        the choice are kept for later calls with the same ``key`` (e.g. the input shape), so a
+        call with too few rows to try every candidate leaves the rest to the next one.
         """
         from camscope.core.batching import CPU_FORWARD_CANDIDATES, BatchTuner
 
@@ -162,9 +163,10 @@ class Runtime:
             size = self.batch(default)
         else:
             tkey = (key, self.precision, self.freeze, self.channels_last)
-            size = self._tuned.get(tkey, 0)
-            if not size:
-                tuner = BatchTuner(CPU_FORWARD_CANDIDATES)
+            tuner = self._tuners.get(tkey)
+            if tuner is None:
+                tuner = self._tuners[tkey] = BatchTuner(CPU_FORWARD_CANDIDATES)
+            if not tuner.done:  # goes on where an earlier call with too few rows stopped
                 while start < n and not tuner.done:
                     stop = min(start + tuner.next_size(), n)
                     t0 = time.perf_counter()
@@ -172,13 +174,12 @@ class Runtime:
                     tuner.record(stop - start, time.perf_counter() - t0)
                     start = stop
                 if tuner.done:
-                    self._tuned[tkey] = tuner.best
                     logger.info(
                         "full forwards: %d rows per pass (ms per row: %s)",
                         tuner.best,
                         ", ".join(f"{c}: {1e3 * t:.1f}" for c, t in tuner.costs().items()),
                     )
-                size = tuner.next_size()
+            size = tuner.next_size()
         for s in range(start, n, size):
             yield slice(s, min(s + size, n))
 
