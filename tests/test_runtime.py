@@ -5,11 +5,11 @@
   optimizer step, ``.data`` edits, ``load_state_dict``, attributes, hooks, patched methods);
 - ``compile=True`` gives the maps of the uncompiled run, pads short batches so that one shape
   is compiled, and falls back to uncompiled forwards, with a warning, when compiling fails;
-- the TorchScript-frozen copy (default on CPU at fp32 for torch / torchvision models) gives the
-  eager maps, is kept while the model is unchanged and rebuilt when it changes, is not used for
-  models with hooks, custom modules (unless ``freeze=True``) or bf16 on CPUs without bf16
-  instructions, and falls
-  back to eager forwards, with a warning, when tracing fails or its logits disagree;
+- the TorchScript-frozen copy (default on CPU at fp32, and at bf16 on CPUs with bf16
+  instructions, for torch / torchvision models) gives the eager maps, is kept while the model
+  is unchanged and rebuilt when it changes, is not used for models with hooks, custom modules
+  (unless ``freeze=True``) or bf16 on CPUs without bf16 instructions, and falls back to eager
+  forwards, with a warning, when tracing fails or its logits disagree;
 - per-device batch defaults; the warning for bf16 on a CPU without bf16 instructions.
 """
 

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 
 __all__ = ["BatchTuner", "CPU_FORWARD_CANDIDATES"]
 
-#: Candidate images per full forward on CPU (``benchmarks/batch_sweep.py --forward-only``:
-#: 1 was 1.5x slower than 4 on every CPU measured, 32 never the fastest).
+#: Candidate images per full forward on CPU (``benchmarks/batch_sweep.py --forward-only`` on
+#: an AVX-512 CPU, ResNet-50: 1 image was 1.5x slower per image than 4; the fastest was 4 at
+#: fp32 and 16 at bf16; see benchmarks/results/2026-12-02-amd-avx512-forward-sweep.md).
 CPU_FORWARD_CANDIDATES = (2, 4, 8, 16)
 
 

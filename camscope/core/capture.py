@@ -87,9 +87,9 @@ class Runtime:
       by TorchScript (batch norm folded into the convolutions, oneDNN convolutions with fused
       ReLU / residual add): 1.07-1.26x faster per ResNet-50 forward than eager at fp32 in
       ``benchmarks/batch_sweep.py --forward-only`` on an AVX2 CPU, 1.07-1.23x at fp32 and
-      1.23-1.30x at bf16 on an AVX-512 one. The first batch is also run eagerly and the frozen copy is used only if its
-      logits agree (relative error below 1e-4; 3e-2 at bf16); any failure falls back to eager
-      with a warning;
+      1.23-1.30x at bf16 on an AVX-512 one. The first batch is also run eagerly and the frozen
+      copy is used only if its logits agree (relative error below 1e-4; 3e-2 at bf16); any
+      failure falls back to eager with a warning;
     * **compiled** (``compile=True``) by ``torch.compile`` (inductor, freezing);
     * otherwise **plain**: channels-last (``channels_last``; default on CPU).
 
@@ -162,17 +162,14 @@ class Runtime:
         if self.batch_size or self.device.type != "cpu" or self.compile:
             size = self.batch(default)
         else:
-            tkey = (key, self.precision, self.freeze, self.channels_last)
-            tuner = self._tuners.get(tkey)
-            if tuner is None:
-                tuner = self._tuners[tkey] = BatchTuner(CPU_FORWARD_CANDIDATES)
-            if not tuner.done:  # goes on where an earlier call with too few rows stopped
-                while start < n and not tuner.done:
-                    stop = min(start + tuner.next_size(), n)
-                    t0 = time.perf_counter()
-                    yield slice(start, stop)
-                    tuner.record(stop - start, time.perf_counter() - t0)
-                    start = stop
+            # Precision and copy are fixed per Runtime, so the key need not name them.
+            tuner = self._tuners.setdefault(key, BatchTuner(CPU_FORWARD_CANDIDATES))
+            while start < n and not tuner.done:  # goes on where an earlier call stopped
+                stop = min(start + tuner.next_size(), n)
+                t0 = time.perf_counter()
+                yield slice(start, stop)
+                tuner.record(stop - start, time.perf_counter() - t0)
+                start = stop
                 if tuner.done:
                     logger.info(
                         "full forwards: %d rows per pass (ms per row: %s)",
