@@ -906,68 +906,73 @@ class Bench:
         # photo's ratios come from minutes apart: on shared machines the speed drifts by tens of
         # percent over tens of minutes (the same pytorch-grad-cam call took 58 s and 95 s).
         ref, fp32, lowp = {}, {}, {}
+        runs = [
+            (ref, lambda p: self.reference("scorecam", "layer4", [p])),
+            (fp32, lambda p: self.run_camscope(["scorecam"], "layer4", [p], "fp32")),
+        ]
+        if low != "none":
+            runs.append((lowp, lambda p: self.run_camscope(["scorecam"], "layer4", [p], low)))
         for i, p in enumerate(photos):
-            for out, run in (
-                (ref, lambda p=p: self.reference("scorecam", "layer4", [p])),
-                (fp32, lambda p=p: self.run_camscope(["scorecam"], "layer4", [p], "fp32")),
-                (lowp, lambda p=p: self.run_camscope(["scorecam"], "layer4", [p], low)),
-            ):
-                got = run().get(0)
+            for out, run in runs:
+                got = run(p).get(0)
                 if got is not None:
                     out[i] = got
-        cp = self.args.compile_precision or low
+        cp = self.args.compile_precision or (low if lowp else "fp32")
         comp = self.run_camscope(["scorecam"], "layer4", photos, cp, compile=True) if self.args.compile else {}
+        columns_low = [
+            ("low_s", f"camscope {low} s", fmt_seconds),
+            ("low_ratio", f"{low} speed-up", fmt_ratio),
+            ("low_vs_fp32", f"{low}/fp32 speed", fmt_ratio),
+            ("corr", f"corr {low} vs fp32", fmt_corr),
+        ] if lowp else []
         columns_compiled = [
             ("comp_s", f"camscope {cp}+compile s", fmt_seconds),
             ("comp_ratio", f"{cp}+compile speed-up", fmt_ratio),
             ("comp_corr", f"corr {cp}+compile vs fp32", fmt_corr),
         ] if comp else []
         table = Table(
-            f"scorecam-precision: camscope Score-CAM fp32 vs {low}",
+            f"scorecam-precision: camscope Score-CAM fp32 vs {low}" if lowp else "scorecam-precision: camscope Score-CAM fp32",
             [
                 ("photo", "photo", str),
                 ("pgc_s", "pytorch-grad-cam s", fmt_seconds),
                 ("fp32_s", "camscope fp32 s", fmt_seconds),
-                ("low_s", f"camscope {low} s", fmt_seconds),
                 ("fp32_ratio", "fp32 speed-up", fmt_ratio),
-                ("low_ratio", f"{low} speed-up", fmt_ratio),
-                ("low_vs_fp32", f"{low}/fp32 speed", fmt_ratio),
-                ("corr", f"corr {low} vs fp32", fmt_corr),
+                *columns_low,
                 *columns_compiled,
             ],
         )
         for i, p in enumerate(photos):
             r = ref.get(i)
-            a, b = fp32[i], lowp[i]
-            extra = {}
+            a = fp32[i]
+            row = {
+                "photo": p.name,
+                "pgc_s": r.seconds if r else None,
+                "fp32_s": a.seconds,
+                "fp32_ratio": safe_div(r.seconds if r else None, a.seconds),
+            }
+            if lowp:
+                b = lowp[i]
+                row.update(
+                    low_s=b.seconds,
+                    low_ratio=safe_div(r.seconds if r else None, b.seconds),
+                    low_vs_fp32=safe_div(a.seconds, b.seconds),
+                    corr=pearson(a.output["scorecam"], b.output["scorecam"]),
+                )
             if comp:
                 c = comp[i]
-                extra = {
-                    "comp_s": c.seconds,
-                    "comp_ratio": safe_div(r.seconds if r else None, c.seconds),
-                    "comp_corr": pearson(a.output["scorecam"], c.output["scorecam"]),
-                }
-            table.add(
-                **extra,
-                photo=p.name,
-                pgc_s=r.seconds if r else None,
-                fp32_s=a.seconds,
-                low_s=b.seconds,
-                fp32_ratio=safe_div(r.seconds if r else None, a.seconds),
-                low_ratio=safe_div(r.seconds if r else None, b.seconds),
-                low_vs_fp32=safe_div(a.seconds, b.seconds),
-                corr=pearson(a.output["scorecam"], b.output["scorecam"]),
-            )
+                row.update(
+                    comp_s=c.seconds,
+                    comp_ratio=safe_div(r.seconds if r else None, c.seconds),
+                    comp_corr=pearson(a.output["scorecam"], c.output["scorecam"]),
+                )
+            table.add(**row)
         rows = table.rows
+        medians = ("pgc_s", "fp32_s", "fp32_ratio", "low_s", "low_ratio", "low_vs_fp32", "comp_s", "comp_ratio")
+        minimums = ("corr", "comp_corr")
         table.add(
             photo="median",
-            **{
-                k: median([r[k] for r in rows if r.get(k) is not None])
-                for k in ("pgc_s", "fp32_s", "low_s", "fp32_ratio", "low_ratio", "low_vs_fp32")
-                + (("comp_s", "comp_ratio") if comp else ())
-            },
-            corr=min(r["corr"] for r in rows),
-            **({"comp_corr": min(r["comp_corr"] for r in rows)} if comp else {}),
+            **{k: median([r[k] for r in rows if r.get(k) is not None]) for k in medians if k in rows[0]},
+            **{k: min(r[k] for r in rows) for k in minimums if k in rows[0]},
         )
         table.notes.append("speed-ups are against pytorch-grad-cam's ScoreCAM (fp32); corr row: minimum")
         if comp:
@@ -980,8 +985,9 @@ class Bench:
             self.summary["scorecam_compiled_corr"] = table.rows[-1]["comp_corr"]
             self.summary["scorecam_compile_setup_s"] = setup
         self.summary["scorecam_fp32_speedup"] = table.rows[-1]["fp32_ratio"]
-        self.summary["scorecam_bf16_speedup"] = table.rows[-1]["low_ratio"]
-        self.summary["scorecam_bf16_corr"] = table.rows[-1]["corr"]
+        if lowp:
+            self.summary["scorecam_bf16_speedup"] = table.rows[-1]["low_ratio"]
+            self.summary["scorecam_bf16_corr"] = table.rows[-1]["corr"]
         self.tables.append(table)
 
     def fused_vs_single(self, photos: Sequence[Photo]) -> tuple[dict[int, Measurement], dict[int, Measurement]]:
@@ -1414,7 +1420,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "'default' (pytorch-grad-cam's own: AblationCAM 32, ScoreCAM 16) or numbers; "
         "the speed-ups use the faster per photo. The study uses its defaults",
     )
-    p.add_argument("--low-precision", choices=("bf16", "fp16"), default="bf16", help="scorecam-precision section")
+    p.add_argument(
+        "--low-precision", choices=("bf16", "fp16", "none"), default="bf16",
+        help="scorecam-precision section; 'none': fp32 only (e.g. on a CPU that emulates bf16)",
+    )
     p.add_argument(
         "--compile-precision", choices=("fp32", "bf16", "fp16"),
         help="precision of the compiled Score-CAM column (default: --low-precision)",
