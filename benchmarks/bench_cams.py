@@ -1426,7 +1426,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--compile-precision", choices=("fp32", "bf16", "fp16"),
-        help="precision of the compiled Score-CAM column (default: --low-precision)",
+        help="precision of the compiled Score-CAM column (default: --low-precision; fp32 when that is none)",
     )
     p.add_argument(
         "--compile", action="store_true",
