@@ -305,9 +305,10 @@ def test_eigencam_sign_follows_channel_sum() -> None:
         assert np.corrcoef(got, a.sum(0).ravel())[0, 1] > 0
 
 
-# pytorch-grad-cam (in the test extra; skipped where it is not installed) agrees where it implements the same formula; its
-# Grad-CAM++ adds 1e-6 to the alpha denominator. Not compared: its Eigen-CAM (sign left to the
-# SVD), Ablation-CAM (replaces signed channels by min - 1e7, not 0) and the official Score-CAM.
+# pytorch-grad-cam (in the test extra; skipped where it is not installed) agrees where it
+# implements the same formula; its Grad-CAM++ adds 1e-6 to the alpha denominator. Not compared:
+# its Eigen-CAM (sign left to the SVD), Ablation-CAM (replaces signed channels by min - 1e7,
+# not 0) and the official Score-CAM.
 PGC = {
     "gradcam": ("GradCAM", 1e-5),
     "gradcampp": ("GradCAMPlusPlus", 1e-4),

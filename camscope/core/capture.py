@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from camscope.core import batching
+
 __all__ = ["Capture", "Runtime", "capture", "model_state_guard"]
 
 logger = logging.getLogger(__name__)
@@ -84,8 +86,8 @@ class Runtime:
     * **frozen** (``freeze``; default on CPU at fp32, and at bf16 on CPUs with bf16
       instructions, for models built from torch / torchvision modules only, without hooks,
       whose split traced): traced (under autocast at bf16), frozen and optimised for inference
-      by TorchScript (batch norm folded into the convolutions, oneDNN convolutions with fused
-      ReLU / residual add): 1.07-1.26x faster per ResNet-50 forward than eager at fp32 in
+      by TorchScript (batch norm folded into the convolutions, weights prepacked for oneDNN;
+      ReLU and residual adds stay separate ops, ~6 % of the time on an AVX2 CPU): 1.07-1.26x faster per ResNet-50 forward than eager at fp32 in
       ``benchmarks/batch_sweep.py --forward-only`` on an AVX2 CPU, 1.07-1.23x at fp32 and
       1.23-1.30x at bf16 on an AVX-512 one. The first batch is also run eagerly and the frozen
       copy is used only if its logits agree (relative error below 1e-4; 3e-2 at bf16); any
@@ -115,7 +117,7 @@ class Runtime:
     _fast_checked: bool = field(default=False, repr=False)
     _compiled_batch: int | None = field(default=None, repr=False)
     _compile_failed: bool = field(default=False, repr=False)
-    _tuners: dict[Any, Any] = field(default_factory=dict, repr=False)  # key -> BatchTuner
+    _tuners: dict[Any, batching.BatchTuner] = field(default_factory=dict, repr=False)
     _any_batch: bool | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -156,14 +158,14 @@ class Runtime:
         the choice are kept for later calls with the same ``key`` (e.g. the input shape), so a
         call with too few rows to try every candidate leaves the rest to the next one.
         """
-        from camscope.core.batching import CPU_FORWARD_CANDIDATES, BatchTuner
-
         start = 0
         if self.batch_size or self.device.type != "cpu" or self.compile:
             size = self.batch(default)
         else:
             # Precision and copy are fixed per Runtime, so the key need not name them.
-            tuner = self._tuners.setdefault(key, BatchTuner(CPU_FORWARD_CANDIDATES))
+            if key not in self._tuners:
+                self._tuners[key] = batching.BatchTuner(batching.CPU_FORWARD_CANDIDATES)
+            tuner = self._tuners[key]
             while start < n and not tuner.done:  # goes on where an earlier call stopped
                 stop = min(start + tuner.next_size(), n)
                 t0 = time.perf_counter()

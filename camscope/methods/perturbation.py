@@ -21,9 +21,10 @@ _PGC_EPS = 1e-8
 #: benchmarks/batch_sweep.py (2 cores): the tail at layer4 is cheap per row, so large batches
 #: amortise its overhead. On CPU, Score-CAM's full forwards do not use FORWARD_BATCH unless
 #: ``compile`` is set: their batch size is measured on the first batches of each run
-#: (``Runtime.forward_slices``; on the AVX-512 CPU measured: 4 at fp32, 16 at bf16). The CUDA
-#: values were NOT measured here (no GPU was available): they follow the rule that only large
-#: batches fill a GPU; run benchmarks/batch_sweep.py on yours and pass --batch-size to override.
+#: (``Runtime.forward_slices``; it chose 4 at fp32 and 16 at bf16 on an AVX-512 CPU, 8 at fp32
+#: on an AVX2 one). The CUDA values were NOT measured here (no GPU was available): they follow
+#: the rule that only large batches fill a GPU; run benchmarks/batch_sweep.py on yours and pass
+#: --batch-size to override.
 TAIL_BATCH = {"cpu": 256, "cuda": 1024}
 FORWARD_BATCH = {"cpu": 8, "cuda": 128}
 
