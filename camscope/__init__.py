@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from camscope.core.engine import CamResult
+    from camscope.core.runtime import SpeedSettings
     from camscope.models import Preprocess
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Preprocess",
     "run_explain",
     "ExplainOptions",
+    "SpeedSettings",
     "METHODS",
     "method_names",
 ]
@@ -43,18 +45,15 @@ _LAZY = {
     "Preprocess": "camscope.models",
     "run_explain": "camscope.pipeline",
     "ExplainOptions": "camscope.pipeline",
-    "method_names": "camscope.methods.registry",
+    "SpeedSettings": "camscope.core.runtime",
+    "METHODS": "camscope.methods",
+    "method_names": "camscope.methods",
 }
 
 
 def __getattr__(name: str) -> Any:
     import importlib
 
-    if name == "METHODS":
-        from camscope.methods.registry import METHODS, method_names
-
-        method_names()
-        return METHODS
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'camscope' has no attribute {name!r}")
@@ -70,11 +69,8 @@ def explain(
     targets: Sequence[int] | Sequence[Sequence[int]] | None = None,
     top_k: int = 1,
     smoothing: Sequence[str] | str | None = None,
-    precision: str = "fp32",
-    batch_size: int | None = None,
+    speed: SpeedSettings | None = None,
     progress: bool = False,
-    compile: bool = False,
-    freeze: bool | None = None,
 ) -> CamResult:
     """Class activation maps of any ``nn.Module`` classifier for one or more images.
 
@@ -87,8 +83,8 @@ def explain(
         preprocess: how photos become tensors (default: 224x224 resize, ImageNet statistics).
         targets: class per image (or list of classes per image); default: the top-k predicted.
         smoothing: ``"eigen"``, ``"aug"``, ``"eigen,aug"`` or a list of such variants.
-        precision, batch_size, compile, freeze: speed settings of Score-/Ablation-CAM (see
-            :class:`~camscope.core.engine.CamEngine`).
+        speed: rows per pass, precision and model copy of Score-/Ablation-CAM
+            (:class:`~camscope.core.runtime.SpeedSettings`).
     Returns:
         a :class:`~camscope.core.engine.CamResult`; ``maps[name]`` is (B,k,H,W) in [0,1].
     """
@@ -109,11 +105,8 @@ def explain(
         top_k=top_k,
         smoothing=smoothing,
         normalization=pre.normalization,
-        batch_size=batch_size,
-        precision=precision,
+        speed=speed,
         progress=progress,
-        compile=compile,
-        freeze=freeze,
     )
 
 

@@ -24,12 +24,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from camscope.errors import UsageError
+
+if TYPE_CHECKING:
+    from camscope.core.runtime import SpeedSettings
 
 __all__ = [
     "POINTING_TARGET",
@@ -200,7 +203,7 @@ def run_synthetic_benchmark(
     cache_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
-    batch_size: int | None = None,
+    speed: SpeedSettings | None = None,
     images_per_batch: int = 50,
     model: torch.nn.Module | None = None,
 ) -> BenchTable:
@@ -214,7 +217,7 @@ def run_synthetic_benchmark(
             ``"aug"``, ``"eigen,aug"``); each adds a row per method.
         cache_dir: where the trained model is cached (default
             :func:`camscope.synthetic.default_cache_dir`).
-        batch_size: rows per forward pass of the perturbation methods.
+        speed: speed settings of the perturbation methods (rows per pass, precision, ...).
         images_per_batch: scenes per engine call.
         model: a trained model to measure instead of the cached default
             (:func:`camscope.synthetic.load_or_train` with other training arguments, e.g.
@@ -227,8 +230,8 @@ def run_synthetic_benchmark(
 
     from camscope import synthetic as S
     from camscope.core.engine import CamEngine
+    from camscope.io.rundir import smoothing_label, variant_name
     from camscope.methods.registry import get_method, method_names
-    from camscope.smoothing import parse_smoothing, variant_name
 
     t_start = time.perf_counter()
     if isinstance(n_scenes, bool) or not isinstance(n_scenes, int) or n_scenes < 1:
@@ -239,7 +242,6 @@ def run_synthetic_benchmark(
     if seed == train_seed:
         raise UsageError(f"seed {seed} is the training seed; held-out scenes need another seed")
     names = list(dict.fromkeys(get_method(m).name for m in (methods or method_names())))
-    variants = parse_smoothing(smoothing)
     device = torch.device(device)
 
     description = f"SmallCNN v{S.VERSION}"
@@ -258,9 +260,9 @@ def run_synthetic_benchmark(
         model,
         S.TARGET_LAYER,
         methods=names,
-        smoothing=list(variants_to_specs(variants)),
+        smoothing=smoothing,
         normalization=(S.SYNTH_MEAN, S.SYNTH_STD),
-        batch_size=batch_size,
+        speed=speed,
     )
     outputs = engine.names
     maps: dict[str, list[torch.Tensor]] = {o: [] for o in outputs}
@@ -281,12 +283,12 @@ def run_synthetic_benchmark(
 
     rows = []
     label_arr = np.asarray(labels)
-    for variant in variants:
+    for variant in engine.variants:
         for m in names:
-            out = variant_name(m, variant)
+            out = variant_name(m, variant.parts)
             hits, energy, area = score_maps(torch.cat(maps[out]), scenes.masks)
             spec = get_method(m)
-            title = spec.title + ("" if not variant else f" + {' + '.join(variant)}")
+            title = spec.title + (f" + {smoothing_label(variant.parts)}" if variant.parts else "")
             ratio = float(energy.mean() / area.mean())
             per_class = {
                 S.SHAPES[c]: float(hits[label_arr == c].mean())
@@ -319,8 +321,3 @@ def run_synthetic_benchmark(
         model=description,
         seconds=time.perf_counter() - t_start,
     )
-
-
-def variants_to_specs(variants: Sequence[tuple[str, ...]]) -> list[str]:
-    """Inverse of :func:`camscope.smoothing.parse_smoothing` for the non-plain variants."""
-    return [",".join(v) for v in variants if v]

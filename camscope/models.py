@@ -14,12 +14,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from camscope.errors import UsageError, WeightsError
+
+if TYPE_CHECKING:
+    from camscope.io.rundir import RunSettings
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -31,6 +34,7 @@ __all__ = [
     "imagenet_wnids",
     "wnid_from_name",
     "load_class_names",
+    "pick_device",
 ]
 
 logger = logging.getLogger(__name__)
@@ -114,6 +118,21 @@ class LoadedModel:
     preprocess: Preprocess
     wnids: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_device(spec: str | torch.device | None) -> torch.device:
+    """``--device``: CUDA when available for ``None``/``"auto"``; a clear error for bad values."""
+    if isinstance(spec, torch.device):
+        return spec
+    if spec is None or spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f"unknown --device {spec!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {spec}: CUDA is not available on this machine")
+    return dev
 
 
 def classification_models() -> list[str]:
@@ -328,7 +347,7 @@ def preprocess_from_description(desc: dict[str, Any]) -> Preprocess:
 
 
 def load_from_settings(
-    settings: dict[str, Any],
+    settings: RunSettings,
     *,
     weights_file: str | Path | None = None,
     device: str | torch.device = "cpu",
@@ -340,22 +359,21 @@ def load_from_settings(
     A run made with ``--weights FILE`` is reloaded from that file unless ``weights_file`` says
     otherwise; a run made with a weights tag is reloaded through the weights API.
     """
-    weights = str(settings.get("weights", ""))
+    weights = settings.weights
     tag: str | None = None
     if weights_file is None and weights.startswith("file:"):
         weights_file = weights[len("file:") :]
-    elif "." in weights and not weights.startswith("random"):
+    elif "." in weights and not settings.random_weights:
         tag = weights.rsplit(".", 1)[1]
-    mode = settings.get("preprocess", {}).get("mode", "classic")
     loaded = load_model(
-        settings["model"],
+        settings.model,
         weights_tag=tag if tag else ("IMAGENET1K_V1" if weights_file else None),
         weights_file=weights_file,
-        preprocess=mode,
+        preprocess=settings.preprocess.get("mode", "classic"),
         device=device,
         trust_checkpoint=trust_checkpoint,
         progress=progress,
     )
-    if "preprocess" in settings:
-        loaded.preprocess = preprocess_from_description(settings["preprocess"])
+    if settings.preprocess:
+        loaded.preprocess = preprocess_from_description(settings.preprocess)
     return loaded

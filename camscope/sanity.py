@@ -35,7 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from camscope.core.runtime import SpeedSettings
 from camscope.errors import UsageError
+from camscope.metrics.sanity import default_groups
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -76,42 +78,6 @@ EngineFactory = Callable[[nn.Module, "str | None", Sequence[str]], _Engine]
 # --------------------------------------------------------------------------------------------
 # Layer groups
 # --------------------------------------------------------------------------------------------
-
-
-def _has_params(m: nn.Module) -> bool:
-    return next(m.parameters(), None) is not None
-
-
-def default_groups(model: nn.Module, *, min_steps: int = 3) -> list[str]:
-    """Coarse cascade steps, top (classifier) first: the model's top-level children that hold
-    parameters, in reverse order — for a torchvision ResNet ``fc, layer4, layer3, layer2,
-    layer1, bn1, conv1``.
-
-    When that gives fewer than ``min_steps`` groups (e.g. ``features`` + ``classifier``), the
-    container groups (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``) are split into
-    their own children, repeatedly: VGG/``SmallCNN``-style models get one step per layer.
-    """
-    groups = [name for name, child in model.named_children() if _has_params(child)][::-1]
-    if not groups:
-        raise UsageError(f"{type(model).__name__} has no parameters to randomise")
-    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-    while len(groups) < min_steps:
-        expanded: list[str] = []
-        changed = False
-        for name in groups:
-            module = model.get_submodule(name)
-            kids = [(n, c) for n, c in module.named_children() if _has_params(c)]
-            if isinstance(module, containers) and kids and not any(
-                True for _ in module.parameters(recurse=False)
-            ):
-                expanded.extend(f"{name}.{n}" for n, _ in reversed(kids))
-                changed = True
-            else:
-                expanded.append(name)
-        groups = expanded
-        if not changed:
-            break
-    return groups
 
 
 def _covers_all(model: nn.Module, groups: Sequence[str]) -> bool:
@@ -292,11 +258,11 @@ def plot_sanity(result: SanityResult) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
-def _default_factory(batch_size: int | None) -> EngineFactory:
+def _default_factory(speed: SpeedSettings | None) -> EngineFactory:
     from camscope.core.engine import CamEngine
 
     def make(model: nn.Module, layer: str | None, methods: Sequence[str]) -> _Engine:
-        return CamEngine(model, layer, methods=list(methods), batch_size=batch_size)
+        return CamEngine(model, layer, methods=list(methods), speed=speed)
 
     return make
 
@@ -380,7 +346,7 @@ def run_sanity(
     targets: Sequence[int] | None = None,
     seed: int = 0,
     progress: bool = False,
-    batch_size: int | None = None,
+    speed: SpeedSettings | None = None,
     threshold: float = THRESHOLD,
     images_per_batch: int = 8,
     engine_factory: EngineFactory | None = None,
@@ -396,7 +362,7 @@ def run_sanity(
             re-initialises every parameter of its module.
         targets: class per image; default the model's prediction. Kept fixed along the cascade.
         seed: seed of the re-initialisation (deterministic per step).
-        batch_size: rows per forward pass of the perturbation methods (``CamEngine``).
+        speed: speed settings of the perturbation methods (rows per pass, precision, ...).
         threshold: verdict threshold on the final mean rank correlation (:data:`THRESHOLD`).
         images_per_batch: images per engine call.
         engine_factory: ``factory(model, layer, methods) -> engine`` replacing
@@ -422,7 +388,7 @@ def run_sanity(
     if engine_factory is None:
         names = list(dict.fromkeys(get_method(m).name for m in methods))
         titles = {m: get_method(m).title for m in names}
-        factory = _default_factory(batch_size)
+        factory = _default_factory(speed)
     else:
         names = list(dict.fromkeys(methods))
         titles = {m: m for m in names}

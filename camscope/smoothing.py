@@ -16,7 +16,7 @@ from torch import Tensor
 
 from camscope.errors import UsageError
 
-__all__ = ["SMOOTHINGS", "Augmentation", "AUGMENTATIONS", "parse_smoothing", "variant_name"]
+__all__ = ["SMOOTHINGS", "Augmentation", "AUGMENTATIONS", "Smoothing", "parse_smoothing", "expand_views", "fold_views"]
 
 SMOOTHINGS = ("eigen", "aug")
 
@@ -53,8 +53,32 @@ AUGMENTATIONS: tuple[Augmentation, ...] = tuple(
 )
 
 
-def parse_smoothing(specs: Iterable[str] | str | None) -> list[tuple[str, ...]]:
-    """Parse smoothing specs into variants; the plain variant ``()`` always comes first.
+@dataclass(frozen=True)
+class Smoothing:
+    """A smoothing variant: ``eigen`` reduces by the first principal component instead of the
+    channel sum; ``aug`` averages the maps of the augmented views. ``Smoothing()`` is plain."""
+
+    eigen: bool = False
+    aug: bool = False
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """``("eigen", "aug")`` for both, ``()`` for plain (the order of ``SMOOTHINGS``)."""
+        return tuple(s for s, on in (("eigen", self.eigen), ("aug", self.aug)) if on)
+
+    @property
+    def augmentations(self) -> tuple[Augmentation, ...]:
+        """The views whose maps this variant averages (the identity alone without ``aug``)."""
+        return AUGMENTATIONS if self.aug else AUGMENTATIONS[:1]
+
+    @classmethod
+    def of(cls, parts: Iterable[str]) -> Smoothing:
+        parts = set(parts)
+        return cls(eigen="eigen" in parts, aug="aug" in parts)
+
+
+def parse_smoothing(specs: Iterable[str] | str | None) -> list[Smoothing]:
+    """Parse smoothing specs into variants; the plain variant always comes first.
 
     Each spec is a comma- or plus-separated combination, e.g. ``"eigen,aug"`` is one variant with
     both. ``"none"``/``"plain"`` adds nothing beyond the plain variant.
@@ -63,7 +87,7 @@ def parse_smoothing(specs: Iterable[str] | str | None) -> list[tuple[str, ...]]:
         specs = []
     elif isinstance(specs, str):
         specs = [specs]
-    variants: list[tuple[str, ...]] = [()]
+    variants = [Smoothing()]
     for spec in specs:
         parts = {p.strip().lower() for p in spec.replace("+", ",").split(",") if p.strip()}
         parts -= {"none", "plain"}
@@ -72,12 +96,32 @@ def parse_smoothing(specs: Iterable[str] | str | None) -> list[tuple[str, ...]]:
             raise UsageError(
                 f"unknown smoothing {', '.join(sorted(unknown))!r}; choose from: {', '.join(SMOOTHINGS)}"
             )
-        variant = tuple(s for s in SMOOTHINGS if s in parts)
+        variant = Smoothing.of(parts)
         if variant not in variants:
             variants.append(variant)
     return variants
 
 
-def variant_name(method: str, variant: Sequence[str]) -> str:
-    """Folder/key name of a method under a smoothing variant, e.g. ``gradcam+eigen+aug``."""
-    return "+".join([method, *variant])
+def expand_views(
+    images: Tensor,
+    augmentations: Sequence[Augmentation],
+    normalization: tuple[Sequence[float], Sequence[float]] | None,
+) -> Tensor:
+    """(B,3,H,W) images -> (B*A,3,H,W) views, image-major: view ``b*A + a`` is image ``b``
+    under augmentation ``a`` (the identity first, so view ``b*A`` is the image itself)."""
+    if len(augmentations) == 1 and augmentations[0] == Augmentation():
+        return images
+    views = torch.stack([a.apply(images, normalization) for a in augmentations], dim=1)
+    return views.reshape(images.shape[0] * len(augmentations), *images.shape[1:])
+
+
+def fold_views(maps: Tensor, augmentations: Sequence[Augmentation]) -> Tensor:
+    """(B,A,k,H,W) maps of the A views of each image -> (B,k,H,W): each view's map taken back
+    to the original frame, averaged and normalised (one view: returned as it is)."""
+    from camscope.core.postprocess import normalize
+
+    b, n, k, h, w = maps.shape
+    if n == 1:
+        return maps[:, 0]
+    restored = torch.stack([augmentations[a].invert(maps[:, a]) for a in range(n)], dim=1)
+    return normalize(restored.mean(dim=1).reshape(b * k, h, w)).reshape(b, k, h, w)

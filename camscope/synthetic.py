@@ -33,13 +33,14 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from camscope.core.threads import torch_threads
 
 __all__ = [
     "SHAPES",
@@ -243,20 +244,6 @@ class SmallCNN(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set the intra-op thread count (no-op for None)."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def node_masks(masks: Tensor, h: int, w: int) -> Tensor:
     """Fraction of each (h,w) cell's bilinear-upsampling node that lies inside the mask.
 
@@ -340,7 +327,7 @@ def train_small_cnn(
     x_all = normalize(data.images).to(device).contiguous(memory_format=fmt)
     y_all = data.labels.to(device)
     steps_per_epoch = math.ceil(n_train / batch_size)
-    with _torch_threads(num_threads), torch.random.fork_rng(devices=[]):
+    with torch_threads(num_threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = SmallCNN().to(device)
         model.to(memory_format=fmt)

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import camscope.core.batching as batching
-import camscope.core.capture as capture_mod
+import camscope.core.runtime as runtime_mod
 from camscope.core.batching import BatchTuner
-from camscope.core.capture import Runtime
 from camscope.core.engine import CamEngine
+from camscope.core.runtime import Runtime, SpeedSettings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,7 +78,7 @@ def _drain(rt: Runtime, n: int, per_row: dict[int, float], clock: _FakeClock, ke
 
 def test_forward_slices_tune_once_per_key(monkeypatch, tiny_cnn) -> None:
     clock = _FakeClock()
-    monkeypatch.setattr(capture_mod.time, "perf_counter", clock)
+    monkeypatch.setattr(runtime_mod.time, "perf_counter", clock)
     monkeypatch.setattr(batching, "CPU_FORWARD_CANDIDATES", (2, 4, 8))
     per_row = {2: 3.0, 4: 1.0, 8: 2.0}
     rt = Runtime(tiny_cnn, split=None)
@@ -92,12 +92,12 @@ def test_forward_slices_tune_once_per_key(monkeypatch, tiny_cnn) -> None:
 
 def test_forward_slices_too_few_rows_to_finish_tuning(monkeypatch, tiny_cnn) -> None:
     clock = _FakeClock()
-    monkeypatch.setattr(capture_mod.time, "perf_counter", clock)
+    monkeypatch.setattr(runtime_mod.time, "perf_counter", clock)
     monkeypatch.setattr(batching, "CPU_FORWARD_CANDIDATES", (2, 4, 8))
     rt = Runtime(tiny_cnn, split=None)
     per_row = {2: 3.0, 4: 1.0, 8: 2.0}
     assert _drain(rt, 9, per_row, clock) == [2, 2, 2, 3]
-    tuner = next(iter(rt._tuners.values()))
+    tuner = next(iter(rt.tuners.values()))
     assert not tuner.done and tuner.costs() == {2: 3.0}
     # The next calls go on where it stopped (4 rows: warm-up, then timed), then settle.
     assert _drain(rt, 12, per_row, clock) == [4, 4, 4]
@@ -108,10 +108,9 @@ def test_forward_slices_too_few_rows_to_finish_tuning(monkeypatch, tiny_cnn) -> 
 
 def test_forward_slices_fixed_without_tuning(tiny_cnn) -> None:
     clock = _FakeClock()
-    assert _drain(Runtime(tiny_cnn, split=None, batch_size=3), 10, {}, clock) == [3, 3, 3, 1]
-    assert _drain(Runtime(tiny_cnn, split=None, compile=True), 20, {}, clock) == [8, 8, 4]
-    rt = Runtime(tiny_cnn, split=None)
-    rt._device = torch.device("cuda")  # device type only; nothing runs
+    assert _drain(Runtime(tiny_cnn, split=None, speed=SpeedSettings(batch_size=3)), 10, {}, clock) == [3, 3, 3, 1]
+    assert _drain(Runtime(tiny_cnn, split=None, speed=SpeedSettings(compile=True)), 20, {}, clock) == [8, 8, 4]
+    rt = Runtime(tiny_cnn, split=None, device=torch.device("cuda"))  # device type only; nothing runs
     assert _drain(rt, 300, {}, clock) == [128, 128, 44]
 
 
@@ -119,11 +118,11 @@ def test_tuned_scorecam_equals_fixed_batch(monkeypatch, make_tiny_cnn, images) -
     monkeypatch.setattr(batching, "CPU_FORWARD_CANDIDATES", (2, 3, 5))
     model = make_tiny_cnn(channels=40, dead=(1, 7))
     x = images(2, seed=4)
-    fixed = CamEngine(model, "features", methods=["scorecam"], batch_size=8, freeze=True)(x)
-    engine = CamEngine(model, "features", methods=["scorecam"], freeze=True)
+    fixed = CamEngine(model, "features", methods=["scorecam"], speed=SpeedSettings(batch_size=8, freeze=True))(x)
+    engine = CamEngine(model, "features", methods=["scorecam"], speed=SpeedSettings(freeze=True))
     tuned = engine(x)
-    assert engine.runtime._fast_mode == "frozen" and engine.runtime._any_batch is True
-    assert next(iter(engine.runtime._tuners.values())).best in (2, 3, 5)
+    assert engine.runtime.mode == "frozen" and engine.runtime.forward_mode.any_batch is True
+    assert next(iter(engine.runtime.tuners.values())).best in (2, 3, 5)
     torch.testing.assert_close(tuned.maps["scorecam"], fixed.maps["scorecam"], atol=1e-5, rtol=1e-4)
 
 
@@ -143,12 +142,12 @@ class _BakedBatch(torch.nn.Module):
 
 def test_frozen_copy_with_baked_batch_size_is_padded(images) -> None:
     model = _BakedBatch().eval()
-    rt = CamEngine(model, "features", methods=["scorecam"], freeze=True).runtime
+    rt = CamEngine(model, "features", methods=["scorecam"], speed=SpeedSettings(freeze=True)).runtime
     with torch.inference_mode():
         first = images(4, size=32, seed=1)
         torch.testing.assert_close(rt.forward(first), model(first), atol=1e-5, rtol=1e-4)
-        assert rt._fast_mode == "frozen"
+        assert rt.mode == "frozen"
         for n in (3, 6, 2):
             xs = images(n, size=32, seed=n)
             torch.testing.assert_close(rt.forward(xs), model(xs), atol=1e-5, rtol=1e-4)
-    assert rt._any_batch is False
+    assert rt.forward_mode.any_batch is False

@@ -254,7 +254,7 @@ def test_freeze_flag_reaches_the_engine(monkeypatch, tmp_path, photos, capsys, f
 
     class Recording(engine_mod.CamEngine):
         def __init__(self, *a, **kw) -> None:
-            seen.append(kw.get("freeze"))
+            seen.append(kw["speed"].freeze)
             super().__init__(*a, **kw)
 
     monkeypatch.setattr(engine_mod, "CamEngine", Recording)

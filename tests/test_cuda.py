@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from camscope.core.engine import CamEngine
+from camscope.core.runtime import SpeedSettings
 from camscope.methods.registry import method_names
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -63,7 +64,7 @@ def test_reduced_precision_close_to_fp32(method: str, precision: str, resnet18, 
     model = _copy_to(resnet18, CUDA)
     x = images(2, size=96, seed=3).to(CUDA)
     fp32 = CamEngine(model, "layer4", methods=[method])(x).maps[method]
-    low = CamEngine(model, "layer4", methods=[method], precision=precision)(x).maps[method]
+    low = CamEngine(model, "layer4", methods=[method], speed=SpeedSettings(precision=precision))(x).maps[method]
     for a, b in zip(fp32.flatten(1), low.flatten(1), strict=True):
         corr = float(np.corrcoef(a.numpy(), b.numpy())[0, 1])
         assert corr >= 0.99, (method, precision, corr)
@@ -92,7 +93,7 @@ def test_host_syncs_do_not_grow_with_channels(method: str, make_tiny_cnn, images
     counts = {}
     for channels in (8, 64):
         model = make_tiny_cnn(channels=channels, dead=(0, 3)).to(CUDA)
-        engine = CamEngine(model, "features", methods=[method], batch_size=4)
+        engine = CamEngine(model, "features", methods=[method], speed=SpeedSettings(batch_size=4))
         engine(x)  # warm-up: lazy initialisation may sync once
         counts[channels] = _count_syncs(lambda engine=engine: engine(x))
     assert counts[8] == counts[64], counts

@@ -17,19 +17,21 @@ import pytest
 import torch
 from torch import nn
 
-from camscope.core.capture import Runtime, capture
+from camscope.core.capture import capture
 from camscope.core.engine import CamEngine, compute_cams
 from camscope.core.postprocess import first_component, normalize
+from camscope.core.runtime import Runtime, SpeedSettings
 from camscope.core.tail import split_model
 from camscope.errors import UsageError
-from camscope.methods.reference import (
+from camscope.io.rundir import variant_name
+from camscope.methods import get_method, method_names
+from camscope.smoothing import AUGMENTATIONS, parse_smoothing
+from tests.reference import (
     REFERENCE_WEIGHTS,
     layer_activations,
     reference_maps,
     reference_weights,
 )
-from camscope.methods.registry import get_method, method_names
-from camscope.smoothing import AUGMENTATIONS, parse_smoothing, variant_name
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -64,7 +66,7 @@ def _check_against_reference(model, layer, x, method, dead=()) -> None:
     acts = layer_activations(model, layer, x)
     for ch in dead:
         assert torch.all(acts[:, ch] == 0), f"channel {ch} is not dead"
-    engine = CamEngine(model, layer, methods=[method], batch_size=32)
+    engine = CamEngine(model, layer, methods=[method], speed=SpeedSettings(batch_size=32))
     res = engine(x)
     targets = res.targets[:, 0]
     expected = reference_maps(method, model, layer, x, targets, chunk=32)
@@ -74,7 +76,7 @@ def _check_against_reference(model, layer, x, method, dead=()) -> None:
         spec = get_method(method)
         split = split_model(model, layer)
         cap = capture(split, x, targets_of_view=[[int(t)] for t in targets], need_gradients=False)
-        w = spec.fn(cap, Runtime(model, split, batch_size=32))
+        w = spec.fn(cap, Runtime(model, split, speed=SpeedSettings(batch_size=32)))
         ref = reference_weights(method, model, layer, x, targets, chunk=32)
         torch.testing.assert_close(w, ref, rtol=0, atol=2e-5 * float(ref.abs().max()))
         if dead and method != "scorecam-logit-softmax":
@@ -144,7 +146,7 @@ def _check_batched(engine: CamEngine, x: torch.Tensor, **kw) -> None:
 def test_batch_equals_one_at_a_time(tiny_cnn_dead, images, method) -> None:
     engine = CamEngine(
         tiny_cnn_dead, "features", methods=[method], smoothing=["eigen", "aug", "eigen,aug"],
-        normalization=NORM, batch_size=5,
+        normalization=NORM, speed=SpeedSettings(batch_size=5),
     )
     x = images(3, 32, seed=3)
     _check_batched(engine, x, top_k=2)
@@ -152,7 +154,7 @@ def test_batch_equals_one_at_a_time(tiny_cnn_dead, images, method) -> None:
 
 
 def test_batch_equals_one_at_a_time_explicit_targets(tiny_cnn, images) -> None:
-    engine = CamEngine(tiny_cnn, "features", methods=METHODS, smoothing="aug", batch_size=7)
+    engine = CamEngine(tiny_cnn, "features", methods=METHODS, smoothing="aug", speed=SpeedSettings(batch_size=7))
     x = images(3, 32, seed=4)
     res = engine(x, targets=[[4, 0], [1, 2], [3, 3]])
     assert res.targets.tolist() == [[4, 0], [1, 2], [3, 3]]
@@ -163,7 +165,7 @@ def test_batch_equals_one_at_a_time_explicit_targets(tiny_cnn, images) -> None:
 
 def test_batch_with_carry_equals_one_at_a_time(residual_cnn, images) -> None:
     """Inside a residual block the tail gathers each row's skip connection by image index."""
-    engine = CamEngine(residual_cnn, "block.conv2", methods=METHODS, smoothing="eigen,aug", batch_size=4)
+    engine = CamEngine(residual_cnn, "block.conv2", methods=METHODS, smoothing="eigen,aug", speed=SpeedSettings(batch_size=4))
     _check_batched(engine, images(3, 32, seed=8), top_k=2)
 
 
@@ -183,7 +185,7 @@ def test_resnet18_batch_with_carry_equals_one_at_a_time(resnet18, images) -> Non
 @pytest.mark.parametrize("method", METHODS)
 def test_hook_path_equals_traced(tiny_cnn_dead, images, method) -> None:
     x = images(2, 32, seed=9)
-    kw = dict(methods=[method], smoothing="eigen,aug", batch_size=4)
+    kw = dict(methods=[method], smoothing="eigen,aug", speed=SpeedSettings(batch_size=4))
     traced = CamEngine(tiny_cnn_dead, "features", **kw)
     hooked = CamEngine(tiny_cnn_dead, "features", allow_trace=False, **kw)
     assert traced.split.traced and not hooked.split.traced
@@ -195,7 +197,7 @@ def test_hook_path_equals_traced(tiny_cnn_dead, images, method) -> None:
 
 def test_hook_path_inside_block_equals_traced(residual_cnn, images) -> None:
     x = images(2, 32, seed=10)
-    kw = dict(methods=METHODS, batch_size=3)
+    kw = dict(methods=METHODS, speed=SpeedSettings(batch_size=3))
     a = CamEngine(residual_cnn, "block.conv1", **kw)
     b = CamEngine(residual_cnn, "block.conv1", allow_trace=False, **kw)
     assert a.split.traced and not b.split.traced
@@ -220,9 +222,9 @@ def test_result_maps_are_normalised(tiny_cnn, images) -> None:
 
 def test_engine_rejects_bad_arguments(tiny_cnn) -> None:
     with pytest.raises(UsageError, match="precision"):
-        CamEngine(tiny_cnn, "features", precision="fp8")
+        CamEngine(tiny_cnn, "features", speed=SpeedSettings(precision="fp8"))
     with pytest.raises(UsageError, match="batch size"):
-        CamEngine(tiny_cnn, "features", batch_size=0)
+        CamEngine(tiny_cnn, "features", speed=SpeedSettings(batch_size=0))
     with pytest.raises(UsageError, match="no method"):
         CamEngine(tiny_cnn, "features", methods=[])
     with pytest.raises(UsageError, match="nosuchcam"):
@@ -248,15 +250,18 @@ def test_aliases_resolve(tiny_cnn, images) -> None:
 
 
 def test_parse_smoothing() -> None:
-    assert parse_smoothing(None) == [()]
-    assert parse_smoothing([]) == [()]
-    assert parse_smoothing("none") == [()]
-    assert parse_smoothing(["plain"]) == [()]
-    assert parse_smoothing("eigen") == [(), ("eigen",)]
-    assert parse_smoothing(["aug", "eigen"]) == [(), ("aug",), ("eigen",)]
-    assert parse_smoothing(["eigen,aug"]) == [(), ("eigen", "aug")]
-    assert parse_smoothing(["aug+eigen", " EIGEN , aug "]) == [(), ("eigen", "aug")]
-    assert parse_smoothing(["eigen", "eigen", "none,eigen"]) == [(), ("eigen",)]
+    def parts(specs):
+        return [v.parts for v in parse_smoothing(specs)]
+
+    assert parts(None) == [()]
+    assert parts([]) == [()]
+    assert parts("none") == [()]
+    assert parts(["plain"]) == [()]
+    assert parts("eigen") == [(), ("eigen",)]
+    assert parts(["aug", "eigen"]) == [(), ("aug",), ("eigen",)]
+    assert parts(["eigen,aug"]) == [(), ("eigen", "aug")]
+    assert parts(["aug+eigen", " EIGEN , aug "]) == [(), ("eigen", "aug")]
+    assert parts(["eigen", "eigen", "none,eigen"]) == [(), ("eigen",)]
     with pytest.raises(UsageError, match="blur") as info:
         parse_smoothing(["eigen,blur"])
     assert "eigen, aug" in str(info.value) and "\n" not in str(info.value)

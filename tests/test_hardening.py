@@ -25,8 +25,9 @@ from torch import Tensor, nn
 from camscope import pipeline
 from camscope.cli import main
 from camscope.io.atomic import is_temp_file
+from camscope.io.rundir import FAILURES, MANIFEST, PREDICTIONS
 from camscope.models import LoadedModel, Preprocess
-from camscope.pipeline import FAILURES, MANIFEST, ExplainOptions, run_explain
+from camscope.pipeline import ExplainOptions, run_explain
 
 try:
     from tests import corpus
@@ -188,7 +189,7 @@ def test_corpus_good_files_give_complete_correct_outputs(corpus_run) -> None:
     cats = [np.load(out / "gradcam" / sub / "cat.npy") for sub in ("sub_a", "sub_b")]
     assert not np.array_equal(*cats)  # two different photos, two different outputs
     assert (out / "gradcam" / "a.jpg.npy").is_file() and (out / "gradcam" / "a.png.npy").is_file()
-    with open(out / pipeline.PREDICTIONS, encoding="utf-8", newline="") as fh:
+    with open(out / PREDICTIONS, encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(r["file"] for r in rows) == sorted(manifest["images"])
 
@@ -459,18 +460,18 @@ def test_memory_does_not_grow_with_the_number_of_images(
         Image.fromarray(corpus.smooth_noise(40, 40, seed=20 + i)).save(src / f"im{i:02d}.png")
     per_image: list[list[weakref.ref]] = []
     alive_at: dict[int, list[int]] = {}
-    real = pipeline._write_image
+    real = pipeline.write_image
 
-    def watching(writer, item, base, rec, *args: object, **kw: object) -> dict:
+    def watching(rundir, item, explained, *args: object, **kw: object):
         n = len(per_image)
         if n in (6, 10):  # which earlier images still have their data alive?
             gc.collect()
             alive_at[n] = [i for i, refs in enumerate(per_image) if any(r() is not None for r in refs)]
-        per_image.append([weakref.ref(rec["photo"]), weakref.ref(rec["tensor"]),
-                          *(weakref.ref(m) for m in rec["maps"].values())])
-        return real(writer, item, base, rec, *args, **kw)
+        per_image.append([weakref.ref(explained.photo), weakref.ref(explained.tensor),
+                          *(weakref.ref(m) for m in explained.maps.values())])
+        return real(rundir, item, explained, *args, **kw)
 
-    monkeypatch.setattr(pipeline, "_write_image", watching)
+    monkeypatch.setattr(pipeline, "write_image", watching)
     res = run_explain([src], tmp_path / "out", _opts(images_per_batch=2), loaded=_loaded(make_tiny_cnn()))
     assert len(res.completed) == 12
     assert alive_at == {6: [], 10: []}  # (image 6 and 10 start a batch of two)

@@ -12,6 +12,7 @@ import torch
 
 from camscope import synthetic as S
 from camscope.core.engine import CamEngine
+from camscope.core.runtime import SpeedSettings
 from camscope.methods.registry import method_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,7 +41,7 @@ def test_model_learned_the_task(model, held_out) -> None:
 @pytest.mark.parametrize("method", method_names())
 def test_method_points_inside_the_object(model, held_out, method, record_property) -> None:
     x = S.normalize(held_out.images)
-    engine = CamEngine(model, S.TARGET_LAYER, methods=[method], batch_size=64)
+    engine = CamEngine(model, S.TARGET_LAYER, methods=[method], speed=SpeedSettings(batch_size=64))
     res = engine(x, targets=[[int(c)] for c in held_out.labels])
     maps = res.maps[method][:, 0]
     assert maps.shape == held_out.masks.shape

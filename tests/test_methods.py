@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camscope.core.capture import Runtime, capture
+from camscope.core.capture import capture
 from camscope.core.engine import CamEngine
+from camscope.core.runtime import Runtime, SpeedSettings
 from camscope.core.tail import split_model
 from camscope.methods.registry import get_method, method_names
 
@@ -203,7 +204,7 @@ def test_registry_methods_all_have_hand_formulas() -> None:
 @pytest.mark.parametrize("method", method_names())
 def test_maps_equal_hand_computation(method: str, kind: str, pool: int, allow_trace: bool) -> None:
     v, x, model, xt = _setup(kind, pool)
-    engine = CamEngine(model, "head", methods=[method], batch_size=3, allow_trace=allow_trace)
+    engine = CamEngine(model, "head", methods=[method], speed=SpeedSettings(batch_size=3), allow_trace=allow_trace)
     res = engine(xt, targets=[[0, 1, 2]] * 2)
     maps = res.maps[method]
     assert maps.shape == (2, 3, *xt.shape[-2:]) and maps.dtype == torch.float32
@@ -224,7 +225,7 @@ def test_weights_equal_hand_computation(method: str, kind: str, pool: int) -> No
     split = split_model(model, "head")
     targets = [[0, 1, 2], [2, 0, 1]]
     cap = capture(split, xt, targets_of_view=targets, need_gradients=spec.needs_gradients)
-    w = spec.fn(cap, Runtime(model, split, batch_size=3)).double().numpy()
+    w = spec.fn(cap, Runtime(model, split, speed=SpeedSettings(batch_size=3))).double().numpy()
     rows = [(i, c) for i in range(2) for c in targets[i]]
     for r, (i, c) in enumerate(rows):
         np.testing.assert_allclose(w[r], hand_weights(method, x[i], v, pool, c), rtol=1e-5, atol=1e-6)
@@ -236,7 +237,7 @@ def test_constant_and_dead_channels() -> None:
     v, x, model, xt = _setup("spatial", 1)
     split = split_model(model, "head")
     cap = capture(split, xt, targets_of_view=[[0], [1]], need_gradients=False)
-    rt = Runtime(model, split, batch_size=2)
+    rt = Runtime(model, split, speed=SpeedSettings(batch_size=2))
     score = get_method("scorecam").fn(cap, rt)
     assert torch.all(score[:, [CONST, DEAD]] == 0)
     assert torch.all(score[:, list(LIVE)] > 0)

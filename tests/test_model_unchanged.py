@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as nn_module
 
 from camscope.core.engine import CamEngine, compute_cams
+from camscope.core.runtime import SpeedSettings
 from camscope.methods import registry
 from camscope.methods.registry import method_names
 
@@ -176,7 +177,7 @@ def test_unchanged_when_the_model_raises(method: str, fuse: int, allow_trace: bo
     """The model raising in its forward at the 1st, 2nd, ... call after the engine is built:
     inside the capture (head or tail), inside Ablation-CAM's tails, Score-CAM's forwards..."""
     model = _model()
-    engine = CamEngine(model, "features", methods=[method], batch_size=3, allow_trace=allow_trace)
+    engine = CamEngine(model, "features", methods=[method], speed=SpeedSettings(batch_size=3), allow_trace=allow_trace)
     before = _snapshot(model)
     model.bomb.calls, model.bomb.fuse = 0, fuse
     try:

@@ -7,7 +7,6 @@ the Debian packages ``chromium`` and ``chromium-driver``. ``CAMSCOPE_CHROMIUM`` 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import functools
@@ -28,10 +27,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from camscope.cli import main
 from camscope.models import LoadedModel, Preprocess
 from camscope.pipeline import ExplainOptions, run_explain
 from camscope.report import build_report, report_after_explain
-from camscope.report.commands import add_report_commands
 
 SPECIAL_DIR = '<script>alert("x")<'
 SPECIAL_FILE = "script> & 'q'.png"
@@ -174,10 +173,7 @@ def test_rebuild_reuses_cached_metrics(run_dir: Path, tmp_path: Path) -> None:
     assert _metrics(run_dir) == before  # boxes kept from the cache too
     # `camscope report DIR` through its argparse glue: no model is even built (the manifest's
     # model "tiny" is not a torchvision model, so building it would fail).
-    parser = argparse.ArgumentParser()
-    add_report_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", str(run_dir), "--steps", str(STEPS), "--quiet"])
-    assert args.func(args) == 0
+    assert main(["report", str(run_dir), "--steps", str(STEPS), "--quiet"]) == 0
     assert _metrics(run_dir) == before
 
 

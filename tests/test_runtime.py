@@ -22,14 +22,14 @@ import shutil
 import pytest
 import torch
 
-from camscope.core.capture import Runtime, _state_key
 from camscope.core.engine import CamEngine
+from camscope.core.runtime import Runtime, SpeedSettings, model_state_key
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _scorecam(model, x, **kw) -> torch.Tensor:
-    return CamEngine(model, "features", methods=["scorecam"], **kw)(x).maps["scorecam"]
+def _scorecam(model, x, **speed) -> torch.Tensor:
+    return CamEngine(model, "features", methods=["scorecam"], speed=SpeedSettings(**speed))(x).maps["scorecam"]
 
 
 def _changes():
@@ -62,12 +62,14 @@ def test_plain_copy_never_goes_stale(change, make_tiny_cnn, images) -> None:
     """The channels-last copy is made per engine call: a weight change shows in the next call."""
     model = make_tiny_cnn(seed=3)
     x = images(2, seed=7)
-    engine = CamEngine(model, "features", methods=["scorecam"], channels_last=True)
+    engine = CamEngine(model, "features", methods=["scorecam"], speed=SpeedSettings(channels_last=True))
     before = engine(x).maps["scorecam"]
-    assert engine.runtime._fast is None  # dropped at the end of the call
+    copy_made = engine.runtime.forward_mode
+    assert copy_made.name == "channels_last"
     _changes()[change](model)
     model.eval()
     after = engine(x).maps["scorecam"]
+    assert engine.runtime.forward_mode is not copy_made  # made per call, never kept
     torch.testing.assert_close(after, _scorecam(model, x, channels_last=False), atol=1e-5, rtol=1e-4)
     assert not torch.allclose(after, before, atol=1e-3)
 
@@ -90,15 +92,15 @@ def test_state_key_sees_every_change(change, make_tiny_cnn) -> None:
     """What decides whether the compiled copy is rebuilt: stable while nothing changes, different
     after any change to weights, buffers, plain attributes, hooks or patched methods."""
     model = make_tiny_cnn(seed=3)
-    key = _state_key(model)
+    key = model_state_key(model)
     assert key is not None
     model.eval()
     with torch.no_grad():
         model(torch.randn(1, 3, 32, 32))
-    assert _state_key(model) == key
+    assert model_state_key(model) == key
     {**_changes(), **_more_changes()}[change](model)
     model.eval()
-    assert _state_key(model) != key
+    assert model_state_key(model) != key
 
 
 def test_user_model_is_never_converted(make_tiny_cnn, images) -> None:
@@ -115,14 +117,14 @@ def test_compiled_equals_uncompiled_with_padding(tiny_cnn_dead, images) -> None:
     """9 live channels in batches of 4: the last batch (1 mask) is padded to the compiled 4."""
     x = images(2, seed=11)
     eager = _scorecam(tiny_cnn_dead, x, batch_size=4)
-    engine = CamEngine(tiny_cnn_dead, "features", methods=["scorecam"], batch_size=4, compile=True)
+    engine = CamEngine(tiny_cnn_dead, "features", methods=["scorecam"], speed=SpeedSettings(batch_size=4, compile=True))
     compiled = engine(x).maps["scorecam"]
     assert engine.runtime.compiled
-    assert engine.runtime._compiled_batch == 4
+    kept = engine.runtime.forward_mode
+    assert kept.name == "compiled" and kept.batch == 4
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
-    kept = engine.runtime._fast[1]
     torch.testing.assert_close(engine(x).maps["scorecam"], compiled)
-    assert engine.runtime._fast[1] is kept  # unchanged model: not compiled again
+    assert engine.runtime.forward_mode is kept  # unchanged model: not compiled again
     # A batch longer than the compiled one is split, a shorter one padded: same logits.
     rt = engine.runtime
     with torch.inference_mode():
@@ -139,8 +141,8 @@ def test_compile_failure_falls_back(monkeypatch, tiny_cnn_dead, images, caplog) 
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     x = images(2, seed=4)
-    engine = CamEngine(tiny_cnn_dead, "features", methods=["scorecam"], compile=True)
-    with caplog.at_level(logging.WARNING, logger="camscope.core.capture"):
+    engine = CamEngine(tiny_cnn_dead, "features", methods=["scorecam"], speed=SpeedSettings(compile=True))
+    with caplog.at_level(logging.WARNING, logger="camscope.core.runtime"):
         maps = engine(x).maps["scorecam"]
     assert not engine.runtime.compiled
     assert any("torch.compile failed" in r.getMessage() and "no C++ compiler" in r.getMessage() for r in caplog.records)
@@ -163,10 +165,10 @@ def test_batch_defaults_per_device(tiny_cnn) -> None:
     rt = Runtime(tiny_cnn, split=None)
     assert rt.batch({"cpu": 8, "cuda": 128}) == 8
     assert rt.batch(5) == 5
-    rt._device = torch.device("cuda")  # device type only; nothing runs
+    rt = Runtime(tiny_cnn, split=None, device=torch.device("cuda"))  # device type only; nothing runs
     assert rt.batch({"cpu": 8, "cuda": 128}) == 128
     assert rt.batch({"cpu": 8}) == 8
-    assert Runtime(tiny_cnn, split=None, batch_size=3).batch({"cpu": 8}) == 3
+    assert Runtime(tiny_cnn, split=None, speed=SpeedSettings(batch_size=3)).batch({"cpu": 8}) == 3
 
 
 # --------------------------------------------------------------------------- frozen copy
@@ -203,15 +205,15 @@ def test_frozen_by_default_equals_eager_and_is_kept(images) -> None:
     model = _sequential()
     x = images(2, seed=5)
     eager = _scorecam(model, x, freeze=False)
-    engine = CamEngine(model, "features", methods=["scorecam"], batch_size=4)
+    engine = CamEngine(model, "features", methods=["scorecam"], speed=SpeedSettings(batch_size=4))
     frozen = engine(x).maps["scorecam"]
     rt = engine.runtime
-    assert rt._fast_mode == "frozen" and isinstance(rt._fast[1], torch.jit.ScriptModule)
-    assert rt._compiled_batch == 4
+    kept = rt.forward_mode
+    assert kept.name == "frozen" and isinstance(kept.module, torch.jit.ScriptModule)
+    assert kept.batch == 4
     torch.testing.assert_close(frozen, eager, atol=1e-5, rtol=1e-4)
-    kept = rt._fast[1]
     torch.testing.assert_close(engine(x).maps["scorecam"], frozen)
-    assert rt._fast[1] is kept  # unchanged model: not traced again
+    assert rt.forward_mode is kept  # unchanged model: not traced again
     # Longer and shorter batches than the traced one: the frozen graph takes them (checked
     # against the model once), same logits.
     with torch.inference_mode():
@@ -226,14 +228,15 @@ def test_frozen_copy_follows_model_changes(change, images) -> None:
     x = images(2, seed=6)
     engine = CamEngine(model, "features", methods=["scorecam"])
     before = engine(x).maps["scorecam"]
-    kept = engine.runtime._fast[1]
+    kept = engine.runtime.forward_mode
+    assert kept.name == "frozen"
     with torch.no_grad():
         if change == "weights":
             model.fc.weight.mul_(-1.0)
         else:
             model.features[4].running_mean.add_(0.7)
     after = engine(x).maps["scorecam"]
-    assert engine.runtime._fast[1] is not kept
+    assert engine.runtime.forward_mode is not kept
     torch.testing.assert_close(after, _scorecam(model, x, freeze=False), atol=1e-5, rtol=1e-4)
     assert not torch.allclose(after, before, atol=1e-3)
 
@@ -245,33 +248,33 @@ def test_not_frozen_with_hooks_custom_modules_or_without_split(tiny_cnn_dead, im
     try:
         engine = CamEngine(hooked, "features", methods=["scorecam"])
         maps = engine(x).maps["scorecam"]
-        assert engine.runtime._fast_mode == "plain"
+        assert engine.runtime.mode == "channels_last"
         # The hook acts in every forward, so the maps are those of the hooked model.
         torch.testing.assert_close(maps, _scorecam(hooked, x, freeze=False, channels_last=False))
     finally:
         handle.remove()
     custom = CamEngine(tiny_cnn_dead, "features", methods=["scorecam"])
     custom(x)
-    assert custom.runtime._fast_mode == "plain"  # TinyCNN is a test class: not frozen by default
-    forced = CamEngine(tiny_cnn_dead, "features", methods=["scorecam"], freeze=True)
+    assert custom.runtime.mode == "channels_last"  # TinyCNN is a test class: not frozen by default
+    forced = CamEngine(tiny_cnn_dead, "features", methods=["scorecam"], speed=SpeedSettings(freeze=True))
     torch.testing.assert_close(forced(x).maps["scorecam"], custom(x).maps["scorecam"], atol=1e-5, rtol=1e-4)
-    assert forced.runtime._fast_mode == "frozen"
+    assert forced.runtime.mode == "frozen"
     untraced = CamEngine(_sequential(), "features", methods=["scorecam"], allow_trace=False)
     untraced(x)
-    assert untraced.runtime._fast_mode == "plain"  # no fx split: control flow not known to be fixed
+    assert untraced.runtime.mode == "channels_last"  # no fx split: control flow not known to be fixed
 
 
 def test_bf16_frozen_only_where_the_cpu_has_bf16(monkeypatch, images) -> None:
-    import camscope.core.capture as capture_mod
+    import camscope.core.runtime as runtime_mod
 
     x = images(2, seed=3)
     fp32 = _scorecam(_sequential(), x, freeze=False)
     maps = {}
     for native in (False, True):
-        monkeypatch.setattr(capture_mod, "_cpu_has_reduced_precision", lambda precision, n=native: n)
-        engine = CamEngine(_sequential(), "features", methods=["scorecam"], precision="bf16")
+        monkeypatch.setattr(runtime_mod, "cpu_has_native", lambda precision, n=native: n)
+        engine = CamEngine(_sequential(), "features", methods=["scorecam"], speed=SpeedSettings(precision="bf16"))
         maps[native] = engine(x).maps["scorecam"]
-        assert engine.runtime._fast_mode == ("frozen" if native else "plain")
+        assert engine.runtime.mode == ("frozen" if native else "channels_last")
     # Traced under autocast: the frozen graph computes in bf16 as the eager one does.
     for m in maps.values():
         assert torch.corrcoef(torch.stack([m.flatten(), fp32.flatten()]))[0, 1] > 0.99
@@ -304,9 +307,9 @@ def test_freeze_failure_falls_back(failure, monkeypatch, images, caplog) -> None
     model = _sequential()
     x = images(2, seed=8)
     engine = CamEngine(model, "features", methods=["scorecam"])
-    with caplog.at_level(logging.WARNING, logger="camscope.core.capture"):
+    with caplog.at_level(logging.WARNING, logger="camscope.core.runtime"):
         maps = engine(x).maps["scorecam"]
-    assert engine.runtime._fast_mode == "plain" and engine.runtime._freeze_failed
+    assert engine.runtime.mode == "channels_last" and engine.runtime.failed == {"frozen"}
     assert any("freezing the model failed" in r.getMessage() and expected in r.getMessage() for r in caplog.records)
     monkeypatch.undo()
     torch.testing.assert_close(maps, _scorecam(model, x, freeze=False), atol=1e-6, rtol=1e-5)
@@ -314,11 +317,11 @@ def test_freeze_failure_falls_back(failure, monkeypatch, images, caplog) -> None
 
 
 def test_bf16_on_cpu_without_bf16_instructions_warns(monkeypatch, tiny_cnn, caplog) -> None:
-    import camscope.core.capture as capture_mod
+    import camscope.core.runtime as runtime_mod
 
-    monkeypatch.setattr(capture_mod, "_cpu_has_reduced_precision", lambda precision: False)
-    with caplog.at_level(logging.WARNING, logger="camscope.core.capture"):
-        Runtime(tiny_cnn, split=None, precision="bf16")
+    monkeypatch.setattr(runtime_mod, "cpu_has_native", lambda precision: False)
+    with caplog.at_level(logging.WARNING, logger="camscope.core.runtime"):
+        Runtime(tiny_cnn, split=None, speed=SpeedSettings(precision="bf16"))
         Runtime(tiny_cnn, split=None)
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 1 and "emulated and slower than fp32" in messages[0]

@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from camscope.core.capture import Runtime, capture, model_state_guard
-from camscope.core.postprocess import finalize, first_component, normalize, weighted_activations
+from camscope.core.capture import capture, model_state_guard
+from camscope.core.postprocess import finalize, first_component, weighted_activations
+from camscope.core.runtime import Runtime, SpeedSettings
+from camscope.io.rundir import variant_name
 from camscope.methods.registry import MethodSpec, get_method
-from camscope.smoothing import AUGMENTATIONS, parse_smoothing, variant_name
+from camscope.smoothing import Smoothing, expand_views, fold_views, parse_smoothing
 
 __all__ = ["CamEngine", "CamResult", "compute_cams"]
 
 logger = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -52,15 +52,9 @@ class CamEngine:
     requested, and then every method from the same capture. The model is put in eval mode only
     for the duration of a call; its flags and ``.grad`` are restored afterwards.
 
-    ``batch_size`` (rows per pass of Score-/Ablation-CAM), ``precision``, ``channels_last``
-    (full forwards through a channels-last copy of the model; default: on CPU only) and
-    ``compile`` (that copy compiled by ``torch.compile``: seconds to tens of seconds once, then
-    faster masked forwards) and ``freeze`` (that copy frozen by TorchScript and checked against
-    eager logits; None: on CPU at fp32, or bf16 with bf16 instructions, for torch / torchvision
-    models, see ``Runtime``) change the speed, not the maps beyond rounding. The batch defaults
-    were chosen with ``benchmarks/batch_sweep.py``, except on CPU for Score-CAM's full forwards
-    without ``batch_size``: there they are measured on each engine's first batches
-    (``Runtime.forward_slices``).
+    ``speed`` (:class:`~camscope.core.runtime.SpeedSettings`) sets rows per pass, precision and
+    the private copy the many-forward methods run through; it changes the time, not the maps
+    beyond rounding.
     """
 
     def __init__(
@@ -71,22 +65,14 @@ class CamEngine:
         methods: Sequence[str] = ("gradcam", "ablationcam", "scorecam"),
         smoothing: Sequence[str] | str | None = None,
         normalization: tuple[Sequence[float], Sequence[float]] | None = None,
-        batch_size: int | None = None,
-        precision: str = "fp32",
+        speed: SpeedSettings | None = None,
         progress: bool = False,
         allow_trace: bool = True,
-        channels_last: bool | None = None,
-        compile: bool = False,
-        freeze: bool | None = None,
     ) -> None:
         from camscope.core.layers import canonical_layer_name, default_layer
         from camscope.core.tail import split_model
         from camscope.errors import UsageError
 
-        if precision not in PRECISIONS:
-            raise UsageError(f"unknown precision {precision!r}; choose from: {', '.join(PRECISIONS)}")
-        if batch_size is not None and batch_size < 1:
-            raise UsageError(f"batch size must be at least 1, not {batch_size}")
         self.model = model
         with model_state_guard(model), torch.no_grad():
             self.layer = canonical_layer_name(model, layer) if layer else default_layer(model)
@@ -94,16 +80,14 @@ class CamEngine:
         self.methods: list[MethodSpec] = [get_method(m) for m in methods]
         if not self.methods:
             raise UsageError("no method given")
-        self.variants = parse_smoothing(smoothing)
+        self.variants: list[Smoothing] = parse_smoothing(smoothing)
         self.normalization = normalization
-        self.runtime = Runtime(
-            model, self.split, batch_size, precision, progress, channels_last, compile=compile, freeze=freeze
-        )
+        self.runtime = Runtime(model, self.split, speed, progress=progress)
 
     @property
     def names(self) -> list[str]:
         """Output names: every method under every variant, plain first."""
-        return [variant_name(m.name, v) for v in self.variants for m in self.methods]
+        return [variant_name(m.name, v.parts) for v in self.variants for m in self.methods]
 
     def __call__(
         self, images: Tensor, targets: Sequence[Sequence[int]] | Sequence[int] | None = None, top_k: int = 1
@@ -118,18 +102,13 @@ class CamEngine:
             try:
                 return self._run(images, targets, top_k)
             finally:
-                self.runtime.reset()
+                self.runtime.end_call()
 
     def _run(self, images: Tensor, targets, top_k: int) -> CamResult:
         b = images.shape[0]
-        use_aug = any("aug" in v for v in self.variants)
-        augs = AUGMENTATIONS if use_aug else AUGMENTATIONS[:1]
+        augs = max((v.augmentations for v in self.variants), key=len)
         n_aug = len(augs)
-        if use_aug:
-            views = torch.stack([a.apply(images, self.normalization) for a in augs], dim=1)
-            views = views.reshape(b * n_aug, *images.shape[1:])
-        else:
-            views = images
+        views = expand_views(images, augs, self.normalization)
         plain_view_of = [(v // n_aug) * n_aug for v in range(b * n_aug)]
         per_view = None
         if targets is not None:
@@ -149,7 +128,6 @@ class CamEngine:
         )
         seconds = {"capture": time.perf_counter() - t0}
         k = cap.targets.shape[0] // (b * n_aug)
-        size = tuple(images.shape[-2:])
         plain_views = torch.arange(b, device=views.device) * n_aug
         probabilities = torch.softmax(cap.view_logits[plain_views], dim=1)
         result_targets = cap.targets.reshape(b, n_aug, k)[:, 0]
@@ -157,39 +135,25 @@ class CamEngine:
         maps: dict[str, Tensor] = {}
         for spec in self.methods:
             t0 = time.perf_counter()
-            weights = spec.fn(cap, self.runtime)
-            weighted = weighted_activations(weights, cap.activations)
+            weighted = weighted_activations(spec.fn(cap, self.runtime), cap.activations)
+            weighted = weighted.reshape(b, n_aug, k, *weighted.shape[1:])
             for variant in self.variants:
-                maps[variant_name(spec.name, variant)] = self._reduce(
-                    spec, variant, weighted, b, n_aug, k, size, augs
-                ).cpu()
+                name = variant_name(spec.name, variant.parts)
+                maps[name] = _variant_maps(spec, variant, weighted, tuple(images.shape[-2:])).cpu()
             seconds[spec.name] = time.perf_counter() - t0
         return CamResult(result_targets.cpu(), probabilities.cpu(), maps, seconds)
 
-    @staticmethod
-    def _reduce(
-        spec: MethodSpec,
-        variant: tuple[str, ...],
-        weighted: Tensor,
-        b: int,
-        n_aug: int,
-        k: int,
-        size: tuple[int, int],
-        augs,
-    ) -> Tensor:
-        wa = weighted.reshape(b, n_aug, k, *weighted.shape[1:])
-        n_views = n_aug if "aug" in variant else 1
-        wa = wa[:, :n_views].reshape(b * n_views * k, *weighted.shape[1:])
-        plain = wa.sum(dim=1)
-        if spec.reduce == "pca" or "eigen" in variant:
-            sal = first_component(wa, reference=plain)
-        else:
-            sal = plain
-        maps = finalize(sal, size).reshape(b, n_views, k, *size)
-        if n_views == 1:
-            return maps[:, 0]
-        restored = torch.stack([augs[a].invert(maps[:, a]) for a in range(n_views)], dim=1)
-        return normalize(restored.mean(dim=1).reshape(b * k, *size)).reshape(b, k, *size)
+
+def _variant_maps(spec: MethodSpec, variant: Smoothing, weighted: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B,A,k,K,h,w) weighted activations of every view -> (B,k,H,W) maps of one variant: the
+    channel sum (or first principal component for Eigen-CAM and eigen smoothing) of the
+    variant's views, finalised, then folded back into one map per image and class."""
+    augs = variant.augmentations
+    b, _, k, *rest = weighted.shape
+    wa = weighted[:, : len(augs)].reshape(-1, *rest)
+    plain = wa.sum(dim=1)
+    sal = first_component(wa, reference=plain) if spec.reduce == "pca" or variant.eigen else plain
+    return fold_views(finalize(sal, size).reshape(b, len(augs), k, *size), augs)
 
 
 def compute_cams(
@@ -202,23 +166,11 @@ def compute_cams(
     top_k: int = 1,
     smoothing: Sequence[str] | str | None = None,
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
-    batch_size: int | None = None,
-    precision: str = "fp32",
+    speed: SpeedSettings | None = None,
     progress: bool = False,
-    compile: bool = False,
-    freeze: bool | None = None,
 ) -> CamResult:
     """One-call convenience around :class:`CamEngine` for a batch of images."""
     engine = CamEngine(
-        model,
-        layer,
-        methods=methods,
-        smoothing=smoothing,
-        normalization=normalization,
-        batch_size=batch_size,
-        precision=precision,
-        progress=progress,
-        compile=compile,
-        freeze=freeze,
+        model, layer, methods=methods, smoothing=smoothing, normalization=normalization, speed=speed, progress=progress
     )
     return engine(images, targets, top_k)

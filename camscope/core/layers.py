@@ -10,13 +10,13 @@ from __future__ import annotations
 import difflib
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from camscope.core.capture import model_state_guard
 from camscope.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -117,18 +117,6 @@ def _probe_input(model: nn.Module, input_size: Sequence[int]) -> Tensor:
     return torch.zeros(tuple(int(s) for s in input_size), device=device, dtype=dtype)
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Temporarily put every module in eval mode (no BatchNorm statistics update); restore flags."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
 def _probe(
     model: nn.Module,
     input_size: Sequence[int],
@@ -142,7 +130,7 @@ def _probe(
             handles.append(
                 module.register_forward_hook(lambda _m, _i, out, _n=name: on_output(_n, out))
             )
-        with _eval_mode(model), torch.no_grad():
+        with model_state_guard(model), torch.no_grad():
             model(_probe_input(model, input_size))
     finally:
         for h in handles:

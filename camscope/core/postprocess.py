@@ -6,14 +6,13 @@ they weight the activations (Selvaraju et al. 2017, Eq. 2: ``L = ReLU(sum_k w_k 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["weighted_activations", "reduce_sum", "first_component", "finalize", "normalize"]
+from camscope.core.threads import torch_threads
+
+__all__ = ["weighted_activations", "first_component", "finalize", "normalize", "upsample"]
 
 _REL_EPS = 1e-6
 
@@ -28,11 +27,6 @@ def weighted_activations(weights: Tensor, activations: Tensor) -> Tensor:
             f"{tuple(activations.shape)}"
         )
     return weights.to(activations.dtype) * activations
-
-
-def reduce_sum(weighted: Tensor) -> Tensor:
-    """Sum over channels: (B,K,h,w) -> (B,h,w)."""
-    return weighted.sum(dim=1)
 
 
 def first_component(weighted: Tensor, reference: Tensor | None = None) -> Tensor:
@@ -58,7 +52,7 @@ def first_component(weighted: Tensor, reference: Tensor | None = None) -> Tensor
     # The first principal direction from the smaller Gram matrix (same result as the SVD):
     # X X^T u = s^2 u gives the projection X v_1 = s_1 u_1; X^T X v = s^2 v gives it as X v_1.
     x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    with _one_thread():
+    with torch_threads(1):
         if h * w <= k:
             evals, evecs = torch.linalg.eigh(x @ x.transpose(1, 2))
             out = evecs[..., -1] * evals[..., -1].clamp_min(0).sqrt()[:, None]
@@ -69,18 +63,6 @@ def first_component(weighted: Tensor, reference: Tensor | None = None) -> Tensor
     sign = torch.where((out * r).sum(dim=1, keepdim=True) < 0, -1.0, 1.0).to(out.dtype)
     out = out * sign
     return out.reshape(b, h, w).to(weighted.dtype)
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Small dense eigenproblems run fastest on one thread (oversubscribed BLAS threads made
-    them ~50x slower on a busy 2-core machine); the previous setting is restored."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def normalize(maps: Tensor) -> Tensor:

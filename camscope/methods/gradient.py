@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from camscope.core.capture import Capture, Runtime
+from camscope.core.capture import Capture
+from camscope.core.runtime import Runtime
 from camscope.methods.registry import register
 
 _EPS = 1e-7

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camscope.core.capture import Capture, Runtime
+from camscope.core.capture import Capture
+from camscope.core.runtime import Runtime
 from camscope.methods.registry import register
 
 _PGC_EPS = 1e-8

@@ -1,6 +1,8 @@
-"""The method registry: every CAM method is registered exactly once, here, with its metadata.
+"""The method registry: every CAM method is registered exactly once, with its metadata.
 
-The CLI choices, the README method table and the parametrised tests all read ``METHODS``.
+The built-in methods register when ``camscope.methods`` is imported (which importing this
+module does). The CLI choices, the README method table and the parametrised tests all read
+``METHODS``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from torch import Tensor
 
 from camscope.errors import UsageError
 
-__all__ = ["MethodSpec", "METHODS", "register", "get_method", "method_names"]
+__all__ = ["MethodSpec", "METHODS", "register", "get_method", "method_names", "methods_markdown"]
 
 WeightFn = Callable[..., Tensor]
 
@@ -71,30 +73,30 @@ def register(
     return deco
 
 
-_BUILTIN = ("gradient", "eigen", "perturbation")  # import order = table order
-
-
-def _load_builtin() -> None:
-    """Import the built-in method modules, which registers their methods."""
-    import importlib
-
-    for mod in _BUILTIN:
-        importlib.import_module(f"camscope.methods.{mod}")
-
-
 def method_names() -> list[str]:
     """All registered method names, in registration order."""
-    _load_builtin()
     return list(METHODS)
 
 
 def get_method(name: str) -> MethodSpec:
     """Look a method up by name or alias (case-insensitive)."""
-    _load_builtin()
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in METHODS:
-        raise UsageError(
-            f"unknown method {name!r}; choose from: {', '.join(METHODS)}"
-        )
+        raise UsageError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
     return METHODS[key]
+
+
+def methods_markdown() -> str:
+    """The method table of the README (``camscope methods --markdown``), from the registry."""
+    lines = [
+        "| `--methods` name | method | paper | weights (equation) | passes per image |",
+        "|---|---|---|---|---|",
+    ]
+    for s in METHODS.values():
+        if s.needs_gradients:
+            passes = "1 fwd + 1 bwd to layer"
+        else:
+            passes = "1 fwd" if s.forward_passes == "0" else s.forward_passes
+        lines.append(f"| `{s.name}` | {s.title} | [{s.paper}]({s.url}) | {s.equation} | {passes} |")
+    return "\n".join(lines)

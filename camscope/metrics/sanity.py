@@ -24,10 +24,45 @@ def _owns_parameters(module: nn.Module) -> bool:
     return next(module.parameters(recurse=False), None) is not None
 
 
+def _owns_any(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+def default_groups(model: nn.Module, *, min_steps: int = 3) -> list[str]:
+    """Coarse cascade steps, top (classifier) first: the model's top-level children that hold
+    parameters, in reverse order — for a torchvision ResNet ``fc, layer4, layer3, layer2,
+    layer1, bn1, conv1``.
+
+    When that gives fewer than ``min_steps`` groups (e.g. ``features`` + ``classifier``), the
+    container groups (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``) are split into
+    their own children, repeatedly: VGG/``SmallCNN``-style models get one step per layer.
+    """
+    groups = [name for name, child in model.named_children() if _owns_any(child)][::-1]
+    if not groups:
+        raise UsageError(f"{type(model).__name__} has no parameters to randomise")
+    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+    while len(groups) < min_steps:
+        expanded: list[str] = []
+        changed = False
+        for name in groups:
+            module = model.get_submodule(name)
+            kids = [(n, c) for n, c in module.named_children() if _owns_any(c)]
+            if isinstance(module, containers) and kids and not any(
+                True for _ in module.parameters(recurse=False)
+            ):
+                expanded.extend(f"{name}.{n}" for n, _ in reversed(kids))
+                changed = True
+            else:
+                expanded.append(name)
+        groups = expanded
+        if not changed:
+            break
+    return groups
+
+
 def _resolve_groups(model: nn.Module, groups: Sequence[str] | None) -> list[str]:
     if groups is None:
-        names = [name for name, m in model.named_modules() if _owns_parameters(m)]
-        return names[::-1]
+        return default_groups(model)
     if isinstance(groups, str):
         raise UsageError("groups: expected a list of module names, got a single string")
     out = []
@@ -73,11 +108,9 @@ def cascading_randomization(
     """Cascading model-parameter randomisation (Adebayo et al. 2018, NeurIPS).
 
     Yields ``(name, randomised_model)`` after each step, re-initialising the model cumulatively
-    from the top (classifier) down: step k has the k last layer groups randomised. Default
-    granularity: every module that owns parameters directly (Linear, Conv, BatchNorm, ...), in
-    reverse ``named_modules()`` order; ``groups`` gives coarser blocks instead, listed top first
-    (e.g. ``["fc", "layer4", "layer3", "layer2", "layer1", "conv1"]``), each randomising every
-    parameter below it.
+    from the top (classifier) down: step k has the k last layer groups randomised. ``groups``
+    lists the steps top first (e.g. ``["fc", "layer4", "layer3", "layer2", "layer1", "conv1"]``),
+    each randomising every parameter below it; by default :func:`default_groups`.
 
     Re-initialisation uses the module's ``reset_parameters()`` (its own initial distribution;
     BatchNorm goes to weight 1, bias 0 and reset running statistics), otherwise
@@ -94,7 +127,7 @@ def cascading_randomization(
     cuda_ids = sorted({p.device.index or 0 for p in work.parameters() if p.device.type == "cuda"})
     for step, name in enumerate(names):
         target = work.get_submodule(name)
-        owners = [target] if groups is None else [m for m in target.modules() if _owns_parameters(m)]
+        owners = [m for m in target.modules() if _owns_parameters(m)]
         s = _derived_seed(int(seed), step)
         with torch.random.fork_rng(devices=cuda_ids):
             torch.default_generator.manual_seed(s)

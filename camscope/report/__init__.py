@@ -6,7 +6,7 @@ them, ``build_report`` does both; ``findings`` turns numbers into sentences.
 
 from __future__ import annotations
 
-from camscope.report.commands import build_report, report_after_explain
+from camscope.report.build import build_report, check_report_options, report_after_explain
 from camscope.report.evaluate import DEFAULT_STEPS, EvaluationResult, evaluate_run
 from camscope.report.findings import image_findings, run_findings
 from camscope.report.html import ReportFiles, write_report
@@ -17,6 +17,7 @@ __all__ = [
     "EvaluationResult",
     "ReportFiles",
     "build_report",
+    "check_report_options",
     "evaluate_run",
     "image_findings",
     "metric_rows",

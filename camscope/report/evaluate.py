@@ -44,24 +44,28 @@ import numpy as np
 import torch
 
 from camscope.errors import CamscopeError, UsageError
-from camscope.pipeline import pick_device
+from camscope.io.rundir import (
+    ImageRecord,
+    Manifest,
+    RunDir,
+    RunSettings,
+    parse_variant,
+    smoothing_label,
+)
+from camscope.models import pick_device
 
 __all__ = [
     "DEFAULT_STEPS",
     "ROAD_FRACTIONS",
-    "METRICS_DIR",
     "EvaluationResult",
     "evaluate_run",
     "boxes_to_input_frame",
     "map_properties",
-    "read_manifest",
     "load_image_metrics",
-    "output_file",
 ]
 
 logger = logging.getLogger(__name__)
 
-METRICS_DIR = "metrics"
 RECORD_VERSION = 1
 DEFAULT_STEPS = 25
 """Deletion/insertion curve steps: ``ceil(H*W/25)`` pixels (4 %) switched per step."""
@@ -106,27 +110,9 @@ class EvaluationResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_manifest(out_dir: str | Path) -> dict:
-    """The ``manifest.json`` of an explain run, or a one-line :class:`UsageError`."""
-    path = Path(out_dir) / "manifest.json"
-    if not path.is_file():
-        raise UsageError(f"{out_dir}: no manifest.json; is this the --out folder of `camscope explain`?")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: unreadable manifest ({exc})") from None
-    if not isinstance(manifest, dict) or "settings" not in manifest or "images" not in manifest:
-        raise UsageError(f"{path}: not a camscope manifest (no settings/images)")
-    return manifest
-
-
-def metrics_path(out_dir: Path, rel: str) -> Path:
-    return out_dir / METRICS_DIR / f"{rel}.json"
-
-
 def load_image_metrics(out_dir: str | Path, rel: str) -> dict | None:
     """The cached record of one photo, or None when absent, unreadable or of another version."""
-    path = metrics_path(Path(out_dir), rel)
+    path = RunDir(out_dir).metrics_file(rel)
     if not path.is_file():
         return None
     try:
@@ -137,24 +123,6 @@ def load_image_metrics(out_dir: str | Path, rel: str) -> dict | None:
     if not isinstance(rec, dict) or rec.get("version") != RECORD_VERSION:
         return None
     return rec
-
-
-def output_file(rec: dict, variant: str, rank: int, suffix: str) -> str | None:
-    """Path (relative to DIR) of a variant's ``suffix`` file (``.npy`` map or ``.png`` overlay)
-    for the ``rank``-th explained class, as listed in the manifest record's ``files``."""
-    listed = [f for f in (rec.get("files") or {}).get(variant, []) if f.endswith(suffix)]
-    return listed[rank] if rank < len(listed) else None
-
-
-def _variant_parts(name: str) -> tuple[str, str]:
-    method, _, smoothing = name.partition("+")
-    return method, smoothing
-
-
-def _variant_label(name: str, methods_meta: dict) -> str:
-    method, smoothing = _variant_parts(name)
-    title = (methods_meta.get(method) or {}).get("title") or method
-    return f"{title} +{smoothing}" if smoothing else title
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +209,7 @@ def map_properties(sal: np.ndarray) -> dict[str, Any]:
 class _Model:
     """The model, built on first use (a fully cached report never builds it)."""
 
-    def __init__(self, loaded: Any, settings: dict, weights_file: Any, device: Any, trust: bool, progress: bool) -> None:
+    def __init__(self, loaded: Any, settings: RunSettings, weights_file: Any, device: Any, trust: bool, progress: bool) -> None:
         self._loaded = loaded
         self._settings = settings
         self._weights_file = weights_file
@@ -253,7 +221,7 @@ class _Model:
         if self._loaded is None:
             from camscope.models import load_from_settings
 
-            logger.info("loading %s to measure the maps", self._settings.get("model"))
+            logger.info("loading %s to measure the maps", self._settings.model)
             try:
                 self._loaded = load_from_settings(
                     self._settings,
@@ -389,31 +357,31 @@ def evaluate_run(
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    manifest = read_manifest(out)
+    rundir = RunDir(out)
+    manifest = rundir.load()
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise UsageError(f"--steps must be a positive integer, not {steps!r}")
-    settings = manifest["settings"]
-    preprocess = preprocess_from_description(settings["preprocess"])
+    settings = manifest.settings
+    preprocess = preprocess_from_description(settings.preprocess)
     table = load_boxes(boxes) if isinstance(boxes, (str, Path)) else boxes
     provider = _Model(model, settings, weights_file, device, trust_checkpoint, progress)
-    variants = list(manifest.get("outputs") or [])
-    methods_meta = manifest.get("methods", {})
+    variants = list(manifest.outputs)
     result = EvaluationResult(out)
     faith_key = {"steps": steps, "score": SCORE, "delete": "zero", "insert": "blur", "adi": "pixel-space"}
     road_key = {"fractions": list(ROAD_FRACTIONS), "noise": ROAD_NOISE, "seed": seed, "score": SCORE}
 
-    images = {rel: rec for rel, rec in sorted(manifest["images"].items()) if rec.get("status") == "complete"}
+    images = manifest.complete()
     for rel, rec in tqdm(images.items(), desc="measuring", unit="img", disable=not progress):
         cached = load_image_metrics(out, rel)
         record, problem = _evaluate_image(
-            out, rel, rec, cached, variants, methods_meta, preprocess, table, provider, result,
+            out, rel, rec, cached, variants, manifest, preprocess, table, provider, result,
             faithfulness=faithfulness, road=road, steps=steps, seed=seed, batch_size=batch_size, recompute=recompute,
             faith_key=faith_key, road_key=road_key,
         )
         if problem:
             logger.warning("%s: %s", rel, problem)
             result.problems.append((rel, problem))
-        atomic_write_text(metrics_path(out, rel), json.dumps(record, indent=1, ensure_ascii=False, allow_nan=True) + "\n")
+        atomic_write_text(rundir.metrics_file(rel), json.dumps(record, indent=1, ensure_ascii=False, allow_nan=True) + "\n")
         result.images[rel] = record
     result.seconds = time.perf_counter() - t0
     logger.info(
@@ -430,10 +398,10 @@ def _file_sha1(path: Path) -> str:
 def _evaluate_image(
     out: Path,
     rel: str,
-    rec: dict,
+    rec: ImageRecord,
     cached: dict | None,
     variants: list[str],
-    methods_meta: dict,
+    manifest: Manifest,
     preprocess: Any,
     table: dict | None,
     provider: _Model,
@@ -451,24 +419,24 @@ def _evaluate_image(
     from camscope.metrics import energy_pointing_game, pairwise_agreement, pointing_game
 
     problems: list[str] = []
-    size = tuple(rec.get("size") or ())
+    size = tuple(rec.size or ())
     H, W = preprocess.size
     record: dict[str, Any] = {
         "version": RECORD_VERSION,
         "rel": rel,
-        "source": rec.get("source"),
+        "source": rec.source,
         "photo_size": list(size) if size else None,
         "input_size": [H, W],
-        "top5": rec.get("top5", []),
-        "true_class": rec.get("true_class"),
-        "true_name": rec.get("true_name"),
-        "correct": rec.get("correct"),
+        "top5": [t.to_json() for t in rec.top5],
+        "true_class": rec.true_class,
+        "true_name": rec.true_name,
+        "correct": rec.correct,
         "boxes": None,
         "targets": [],
     }
     # ---- ground truth ------------------------------------------------------------------------
     if table is not None:
-        found = _boxes_for(table, rel, str(rec.get("source", "")))
+        found = _boxes_for(table, rel, rec.source)
         if found is not None and size:
             record["boxes"] = [list(b) for b in boxes_to_input_frame(found, size, preprocess)]
             if not record["boxes"]:
@@ -489,21 +457,21 @@ def _evaluate_image(
             from camscope.io.images import load_image
 
             try:
-                photo = load_image(rec["source"])
+                photo = load_image(rec.source)
                 image_tensor.append(preprocess.to_tensor(photo).to(provider.device))
-            except (CamscopeError, KeyError, TypeError) as exc:
+            except (CamscopeError, TypeError) as exc:
                 problems.append(f"source photo unavailable for faithfulness metrics ({exc})")
                 image_tensor.append(None)
         return image_tensor[0]
 
-    targets = rec.get("targets") or []
+    targets = [t.to_json() for t in rec.targets]
     cached_targets = (cached or {}).get("targets") or []
     for rank, tg in enumerate(targets):
         old = cached_targets[rank]["variants"] if rank < len(cached_targets) and cached_targets[rank].get("class") == tg["class"] else {}
         entry: dict[str, Any] = {"rank": rank, "class": tg["class"], "name": tg.get("name"), "prob": tg.get("prob"), "variants": {}}
         maps: dict[str, np.ndarray] = {}
         for name in variants:
-            npy = output_file(rec, name, rank, ".npy")
+            npy = rec.file(name, rank, ".npy")
             if npy is None:
                 problems.append(f"the manifest lists no {name} map")
                 continue
@@ -516,11 +484,11 @@ def _evaluate_image(
             if sal.ndim != 2:
                 problems.append(f"map {npy} has shape {sal.shape}, not (H, W)")
                 continue
-            method, smoothing = _variant_parts(name)
+            method, smoothing = parse_variant(name)
             v: dict[str, Any] = {
                 "method": method,
-                "smoothing": smoothing,
-                "label": _variant_label(name, methods_meta),
+                "smoothing": smoothing_label(smoothing),
+                "label": manifest.label(name),
                 "map_sha1": _file_sha1(path),
                 "map_shape": list(sal.shape),
             }

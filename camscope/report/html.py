@@ -29,7 +29,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from camscope.report.evaluate import load_image_metrics, output_file, read_manifest
+from camscope.io.rundir import (
+    ASSETS,
+    METRICS_CSV,
+    REPORT,
+    SUMMARY_JSON,
+    ImageRecord,
+    Manifest,
+    RunDir,
+    smoothing_label,
+    variant_name,
+)
+from camscope.report.evaluate import load_image_metrics
 from camscope.report.findings import best_variant, image_findings, run_findings
 from camscope.report.summary import (
     CSV_COLUMNS,
@@ -41,14 +52,10 @@ from camscope.report.summary import (
     summarize,
 )
 
-__all__ = ["REPORT", "METRICS_CSV", "SUMMARY_JSON", "ASSETS", "ReportFiles", "write_report"]
+__all__ = ["ReportFiles", "write_report"]
 
 logger = logging.getLogger(__name__)
 
-REPORT = "report.html"
-METRICS_CSV = "metrics.csv"
-SUMMARY_JSON = "summary.json"
-ASSETS = "report_assets"
 THUMB_SIDE = 384
 
 _DIRECTION = {k: d for k, _, d in METRICS}
@@ -244,11 +251,11 @@ dl.defs dd { margin: 0 0 0 1.2em; color: var(--muted); }
 # ---------------------------------------------------------------------------------------------
 
 
-def _run_info(manifest: dict, records: Sequence[dict], out: Path) -> str:
-    s = manifest.get("settings", {})
-    pre = s.get("preprocess", {})
+def _run_info(manifest: Manifest, records: Sequence[dict], out: Path) -> str:
+    s = manifest.settings
+    pre = s.preprocess
     size = "x".join(str(v) for v in pre.get("input_size", []))
-    smooth = ", ".join(s.get("smoothing") or []) or "none"
+    smooth = ", ".join(s.smoothing) or "none"
     faith = road = None
     for rec in records:
         for e in rec.get("targets", []):
@@ -256,15 +263,15 @@ def _run_info(manifest: dict, records: Sequence[dict], out: Path) -> str:
                 faith = faith or v.get("faithfulness_key")
                 road = road or v.get("road_key")
     parts = [
-        f"model <code>{_e(s.get('model'))}</code> ({_e(s.get('weights'))})",
-        f"layer <code>{_e(s.get('layer'))}</code>",
+        f"model <code>{_e(s.model)}</code> ({_e(s.weights)})",
+        f"layer <code>{_e(s.layer)}</code>",
         f"input {_e(size)} ({_e(pre.get('mode'))}: map covers the {_e(pre.get('map_covers'))})",
-        f"methods {_e(', '.join(s.get('methods') or []))}",
+        f"methods {_e(', '.join(s.methods))}",
         f"smoothing {_e(smooth)}",
         f"{len(records)} photos",
     ]
-    if manifest.get("failures"):
-        parts.append(f"{len(manifest['failures'])} inputs failed (see failures.csv)")
+    if manifest.failures:
+        parts.append(f"{len(manifest.failures)} inputs failed (see failures.csv)")
     metric = "faithfulness not measured"
     if faith:
         metric = f"deletion/insertion with {_e(faith.get('steps'))} steps, score = class probability"
@@ -349,24 +356,21 @@ def _top5_table(record: dict) -> str:
     return "".join(rows)
 
 
-def _grid(manifest: dict, record: dict, entry: dict, images: _Images, embed: bool) -> str:
-    s = manifest.get("settings", {})
-    methods = s.get("methods") or []
-    smoothings = [""] + list(s.get("smoothing") or [])
+def _grid(manifest: Manifest, record: dict, entry: dict, images: _Images, embed: bool) -> str:
+    s = manifest.settings
     rel = record["rel"]
     rank = entry.get("rank", 0)
-    files = (manifest.get("images", {}).get(rel) or {})
-    titles = manifest.get("methods", {})
+    files = manifest.images.get(rel)
     h = ['<div class="scroll"><table class="grid"><tr><th></th>']
-    h += [f"<th>{_e((titles.get(m) or {}).get('title') or m)}</th>" for m in methods]
+    h += [f"<th>{_e(manifest.title(m))}</th>" for m in s.methods]
     h.append("</tr>")
-    for sm in smoothings:
-        h.append(f'<tr><th class="row">{_e(sm or "plain")}</th>')
-        for m in methods:
-            name = f"{m}+{sm}" if sm else m
+    for parts in s.variants:
+        h.append(f'<tr><th class="row">{_e(smoothing_label(parts) or "plain")}</th>')
+        for m in s.methods:
+            name = variant_name(m, parts)
             v = entry.get("variants", {}).get(name) or {}
             alt = f"{v.get('label') or name} map of {rel}"
-            png = output_file(files, name, rank, ".png")
+            png = files.file(name, rank, ".png") if files is not None else None
             cell = images.img(png, alt, thumbnail=embed) if png else f'<div class="missing">{_e(alt)}: not available</div>'
             if v.get("degenerate"):
                 cell += f'<span class="badge warn">degenerate: {_e(v["degenerate"])}</span>'
@@ -420,7 +424,7 @@ def _agreement_matrix(entry: dict) -> str:
 
 
 def _photo_section(
-    idx: int, manifest: dict, record: dict, thumb: str | None, curves: dict[int, str | None], images: _Images, embed: bool
+    idx: int, manifest: Manifest, record: dict, thumb: str | None, curves: dict[int, str | None], images: _Images, embed: bool
 ) -> str:
     rel = record["rel"]
     h = [f'<section class="photo" id="photo-{idx}"><h2>{_e(rel)}']
@@ -475,12 +479,12 @@ def _definitions() -> str:
     return '<dl class="defs">' + "".join(f"<dt>{_e(t)}</dt><dd>{_e(d)}</dd>" for t, d in items) + "</dl>"
 
 
-def _methods_refs(manifest: dict) -> str:
+def _methods_refs(manifest: Manifest) -> str:
     from camscope.errors import UsageError
     from camscope.methods.registry import get_method
 
     rows = []
-    for name, meta in (manifest.get("methods") or {}).items():
+    for name, meta in manifest.methods.items():
         url = ""
         try:
             url = get_method(name).url
@@ -498,17 +502,17 @@ def _methods_refs(manifest: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _bare_record(rel: str, rec: dict) -> dict:
+def _bare_record(rel: str, rec: ImageRecord) -> dict:
     """A record for a photo without measurements (the grid and predictions still show)."""
     return {
         "rel": rel,
-        "source": rec.get("source"),
-        "top5": rec.get("top5", []),
-        "true_class": rec.get("true_class"),
-        "true_name": rec.get("true_name"),
-        "correct": rec.get("correct"),
-        "targets": [{"rank": i, "class": t.get("class"), "name": t.get("name"), "prob": t.get("prob"), "variants": {}, "agreement": []}
-                    for i, t in enumerate(rec.get("targets", []))],
+        "source": rec.source,
+        "top5": [t.to_json() for t in rec.top5],
+        "true_class": rec.true_class,
+        "true_name": rec.true_name,
+        "correct": rec.correct,
+        "targets": [{"rank": i, "class": t.index, "name": t.name, "prob": t.prob, "variants": {}, "agreement": []}
+                    for i, t in enumerate(rec.targets)],
     }
 
 
@@ -529,15 +533,15 @@ def write_report(
     from camscope.report import plots as P
 
     out = Path(out_dir)
-    manifest = read_manifest(out)
-    preprocess = preprocess_from_description(manifest["settings"]["preprocess"])
-    complete = {rel: rec for rel, rec in sorted(manifest["images"].items()) if rec.get("status") == "complete"}
+    manifest = RunDir(out).load()
+    preprocess = preprocess_from_description(manifest.settings.preprocess)
+    complete = manifest.complete()
     recs: list[dict] = []
     for rel, rec in complete.items():
         r = (records or {}).get(rel) or load_image_metrics(out, rel) or _bare_record(rel, rec)
         r.setdefault("rel", rel)
         recs.append(r)
-    variants = list(manifest.get("outputs") or [])
+    variants = list(manifest.outputs)
     summary = summarize(recs, variants)
     findings = run_findings(recs, summary)
     images = _Images(out, embed)
@@ -618,11 +622,11 @@ def write_report(
     doc = {
         "version": 1,
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "run": {k: manifest["settings"].get(k) for k in ("model", "weights", "layer", "methods", "smoothing", "preprocess")},
+        "run": {k: v for k, v in manifest.settings.to_json().items() if k in ("model", "weights", "layer", "methods", "smoothing", "preprocess")},
         **summary,
         "findings": findings,
         "images": per_image,
-        "failures": manifest.get("failures", {}),
+        "failures": {rel: f.to_json() for rel, f in manifest.failures.items()},
     }
     atomic_write_text(out / SUMMARY_JSON, json.dumps(_clean(doc), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 

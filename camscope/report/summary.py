@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from camscope.io.rundir import parse_variant
 from camscope.report.findings import as_float, gap
 
 __all__ = ["METRICS", "RANKING_METRICS", "CSV_COLUMNS", "metric_rows", "summarize"]
@@ -151,7 +152,7 @@ def summarize(records: Sequence[dict], variants: Sequence[str] | None = None) ->
         first = next((e["variants"][n] for _, e in entries if n in e.get("variants", {})), {})
         out["variants"][n] = {
             "label": first.get("label") or n,
-            "method": first.get("method") or n.partition("+")[0],
+            "method": first.get("method") or parse_variant(n)[0],
             "smoothing": first.get("smoothing") or "",
             "metrics": {
                 key: _stats([scalar(e["variants"][n], key) for _, e in entries if n in e.get("variants", {})])

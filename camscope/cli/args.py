@@ -1,0 +1,118 @@
+"""Argument groups shared by the commands: model, methods, smoothing, speed, output.
+
+Each option is declared here once; commands add the groups they need and turn the parsed values
+into library objects (:func:`speed_from_args`, :func:`methods_arg`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from camscope.core.runtime import FREEZE_CHOICES, PRECISIONS, SpeedSettings
+from camscope.smoothing import SMOOTHINGS
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "add_model_args",
+    "add_methods_arg",
+    "add_smooth_arg",
+    "add_speed_args",
+    "add_quiet_arg",
+    "methods_arg",
+    "speed_from_args",
+]
+
+DEFAULT_METHODS = "gradcam,ablationcam,scorecam"
+
+
+def methods_arg(spec: str) -> list[str]:
+    """``--methods``: comma-separated names, or ``all`` for every registered method."""
+    from camscope.methods import method_names
+
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    return method_names() if parts == ["all"] else parts
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--model``, ``--weights-tag``, ``--weights``, ``--trust-checkpoint``, ``--labels``,
+    ``--layer``, ``--preprocess`` and ``--device`` (the device the model runs on)."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="resnet50", help="torchvision classification model (default: resnet50)")
+    g.add_argument(
+        "--weights-tag",
+        default="IMAGENET1K_V1",
+        help="entry of the model's torchvision weights enum (IMAGENET1K_V1, DEFAULT, ...) or 'none' "
+        "for random weights (default: IMAGENET1K_V1)",
+    )
+    g.add_argument("--weights", dest="weights_file", metavar="FILE", help="local state dict (loaded with weights_only=True)")
+    g.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that needs arbitrary unpickling (runs its code!)")
+    g.add_argument("--labels", metavar="FILE", help="class names: one per line, or JSON")
+    g.add_argument("--layer", help="target layer as a dotted module path, e.g. layer4.2 (default: per architecture)")
+    g.add_argument("--preprocess", choices=("classic", "weights"), default="classic",
+                   help="classic: resize to 224x224, map covers the whole photo; weights: the weights' "
+                   "resize + centre crop, map covers the crop (default: classic)")
+    add_device_arg(g)
+
+
+def add_device_arg(g: Any, default: str | None = None) -> None:
+    shown = default or "cuda when available"
+    g.add_argument("--device", default=default, help=f"cpu, cuda, cuda:N (default: {shown})")
+
+
+def add_methods_arg(g: Any, default: str = DEFAULT_METHODS) -> None:
+    """``--methods a,b`` / ``all``, parsed into a list of names."""
+    from camscope.methods import method_names
+
+    g.add_argument(
+        "--methods",
+        type=methods_arg,
+        default=methods_arg(default),
+        help=f"comma-separated, or 'all' (choices: {', '.join(method_names())}; default: {default})",
+    )
+
+
+def add_smooth_arg(g: Any) -> None:
+    """``--smooth SPEC`` (repeatable): smoothed variants next to the plain maps."""
+    g.add_argument(
+        "--smooth",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help=f"add a smoothed variant next to the plain maps: {', '.join(SMOOTHINGS)} or a combination "
+        "like 'eigen,aug' (repeatable)",
+    )
+
+
+def add_speed_args(g: Any, *, batch_only: bool = False) -> None:
+    """The :class:`~camscope.core.runtime.SpeedSettings` options (``--batch-size`` only with
+    ``batch_only``)."""
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="rows per forward pass for Score-/Ablation-CAM (default on CPU: full forwards measured on "
+                   "the first batches among 2/4/8/16 (8 with --compile), 256 tails; on CUDA: 128, 1024)")
+    if batch_only:
+        return
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="precision of the many-forward methods (Score-/Ablation-CAM); default fp32")
+    g.add_argument("--compile", action="store_true",
+                   help="run Score-CAM's masked forwards through torch.compile (pays seconds to a "
+                   "minute once per run, then faster; needs a C++ compiler on CPU; falls back to "
+                   "uncompiled with a warning)")
+    g.add_argument("--freeze", choices=tuple(FREEZE_CHOICES), default="auto",
+                   help="Score-CAM's masked forwards through a TorchScript-frozen copy of the model, "
+                   "checked against eager logits (auto: on CPU at fp32, and at bf16 on CPUs with bf16 instructions, "
+                   "for torch/torchvision models)")
+
+
+def speed_from_args(args: argparse.Namespace) -> SpeedSettings:
+    """The speed settings the parsed options ask for (defaults for options a command lacks)."""
+    return SpeedSettings(
+        batch_size=args.batch_size,
+        precision=getattr(args, "precision", "fp32"),
+        compile=getattr(args, "compile", False),
+        freeze=FREEZE_CHOICES[getattr(args, "freeze", "auto")],
+    )
+
+
+def add_quiet_arg(p: Any) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,0 +1,166 @@
+"""``camscope explain IMAGES... --out DIR`` and ``camscope demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from camscope.cli.args import (
+    add_methods_arg,
+    add_model_args,
+    add_quiet_arg,
+    add_smooth_arg,
+    add_speed_args,
+    speed_from_args,
+)
+from camscope.cli.report import add_explain_report_args
+
+__all__ = ["register", "DEMO_PHOTOS"]
+
+logger = logging.getLogger(__name__)
+
+DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+def register(subparsers: Any) -> None:
+    ex = subparsers.add_parser("explain", help="compute CAMs for images and folders of images")
+    ex.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    ex.add_argument("--out", required=True, help="output directory (nothing is written outside it)")
+    add_model_args(ex)
+    g = ex.add_argument_group("methods")
+    add_methods_arg(g)
+    add_smooth_arg(g)
+    g.add_argument("--class", dest="target_class", help="class to explain: index or name (default: predicted)")
+    g.add_argument("--top-k", type=int, default=1, help="explain the K best predicted classes (default: 1)")
+    add_speed_args(g)
+    g.add_argument("--images-per-batch", type=int, default=4, help="images per capture (default: 4)")
+    g.add_argument("--max-pixels", type=int, default=89_478_485, metavar="N",
+                   help="refuse images with more pixels than this (decompression-bomb guard and memory "
+                   "bound, see docs/limits.md; default: 89478485, as Pillow)")
+    o = ex.add_argument_group("output")
+    o.add_argument("--colormap", default="jet", help="matplotlib colour map for overlays (default: jet)")
+    o.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the heat map (default: 0.5)")
+    o.add_argument("--no-figures", dest="figures", action="store_false", help="skip comparison figures")
+    o.add_argument("--force", action="store_true", help="recompute finished images / overwrite a run with other settings")
+    o.add_argument("--fail-fast", action="store_true", help="stop at the first image that fails")
+    add_quiet_arg(o)
+    add_explain_report_args(ex)
+    ex.set_defaults(func=cmd_explain)
+
+    de = subparsers.add_parser(
+        "demo",
+        help="explain scikit-image's public-domain demo photos end to end (needs camscope[demo])",
+    )
+    de.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    add_methods_arg(de)
+    de.add_argument("--weights", dest="weights_file", metavar="FILE", help="local ResNet-50 state dict")
+    de.add_argument("--smooth", default="eigen",
+                    help="smoothed variant next to the plain maps (default: eigen; the full classic "
+                    "study is 'eigen,aug', which costs Score-CAM 6x more)")
+    de.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
+    de.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    add_quiet_arg(de)
+    de.set_defaults(func=cmd_demo)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from camscope.pipeline import ExplainOptions, run_explain
+    from camscope.report import check_report_options, report_after_explain
+
+    if args.max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
+        # Pillow refuses outright above twice its own limit; the user asked for more, explicitly.
+        Image.MAX_IMAGE_PIXELS = args.max_pixels
+    opts = ExplainOptions(
+        model=args.model,
+        weights_tag=args.weights_tag,
+        weights_file=args.weights_file,
+        labels=args.labels,
+        preprocess=args.preprocess,
+        layer=args.layer,
+        methods=args.methods,
+        smoothing=args.smooth,
+        target_class=args.target_class,
+        top_k=args.top_k,
+        device=args.device,
+        speed=speed_from_args(args),
+        images_per_batch=args.images_per_batch,
+        max_pixels=args.max_pixels,
+        colormap=args.colormap,
+        alpha=args.alpha,
+        figures=args.figures,
+        quiet=args.quiet,
+        force=args.force,
+        fail_fast=args.fail_fast,
+        trust_checkpoint=args.trust_checkpoint,
+    )
+    boxes = check_report_options(boxes=args.boxes, steps=args.steps) if args.report else None
+    res = run_explain(args.images, args.out, opts)
+    msg = (
+        f"{len(res.completed)} images explained, {len(res.skipped)} already complete, "
+        f"{len(res.failed)} failed -> {res.out} ({res.seconds:.1f} s)"
+    )
+    logger.warning(msg) if res.failed else logger.info(msg)
+    if args.report and res.loaded is not None and (res.completed or res.skipped):
+        code = report_after_explain(
+            res.out, res.loaded, boxes=boxes, steps=args.steps, seed=args.seed,
+            road=args.road, embed=args.embed, progress=not args.quiet,
+        )
+        return max(res.exit_code, code)
+    return res.exit_code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Write scikit-image's demo photos under OUT/photos and run the classic study on them.
+
+    ImageNet weights are used when they are cached or can be downloaded; when they cannot (no
+    network), the demo says so and runs with random weights so that every step can still be
+    seen — every output of such a run is marked "random (no weights)".
+    """
+    from pathlib import Path
+
+    from camscope.errors import UsageError, WeightsError
+    from camscope.io.atomic import atomic_save
+    from camscope.models import imagenet_categories, imagenet_wnids, load_model, pick_device
+    from camscope.pipeline import ExplainOptions, run_explain
+
+    try:
+        import skimage.data
+    except ImportError:
+        raise UsageError("the demo needs scikit-image: pip install 'camscope[demo]'") from None
+    from PIL import Image
+
+    out = Path(args.out)
+    photos = out / "photos"
+    for name in DEMO_PHOTOS:
+        target = photos / f"{name}.png"
+        if not target.exists():
+            img = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+            atomic_save(target, lambda f, img=img: img.save(f, format="PNG"))
+    opts = ExplainOptions(
+        methods=args.methods,
+        smoothing=[args.smooth],
+        weights_file=args.weights_file,
+        device=args.device,
+        quiet=args.quiet,
+    )
+    device = pick_device(args.device)
+    try:
+        loaded = load_model("resnet50", weights_file=args.weights_file, device=device, progress=not args.quiet)
+    except WeightsError as exc:
+        logger.warning("%s", exc)
+        logger.warning(
+            "demo: continuing with RANDOM weights so the pipeline can be seen end to end; "
+            "the maps say nothing about a trained model"
+        )
+        loaded = load_model("resnet50", weights_tag=None, device=device)
+        loaded.categories, loaded.wnids = imagenet_categories(), imagenet_wnids()
+    res = run_explain([photos], out / "run", opts, loaded=loaded)
+    logger.info("demo: %d photos explained -> %s", len(res.completed) + len(res.skipped), out / "run")
+    if args.report and (res.completed or res.skipped):
+        from camscope.report import report_after_explain
+
+        return max(res.exit_code, report_after_explain(res.out, loaded, progress=not args.quiet))
+    return res.exit_code
