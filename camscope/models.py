@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ModelSpec",
     "Preprocess",
     "LoadedModel",
     "load_model",
@@ -105,6 +106,35 @@ class Preprocess:
             "std": list(self.std),
             "map_covers": "whole photo" if self.mode == "classic" else "centre crop",
         }
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from: the ``--model``, ``--weights-tag``, ``--weights``,
+    ``--preprocess``, ``--labels`` and ``--trust-checkpoint`` options, loadable anywhere (the
+    CLI, a run, a remote worker) with :meth:`load`."""
+
+    name: str = "resnet50"
+    weights_tag: str | None = "IMAGENET1K_V1"
+    weights_file: str | None = None
+    preprocess: str = "classic"
+    labels: str | None = None
+    trust_checkpoint: bool = False
+
+    def load(self, device: str | torch.device = "cpu", *, progress: bool = True) -> LoadedModel:
+        """Build the model (see :func:`load_model`), with the class names of ``labels``."""
+        loaded = load_model(
+            self.name,
+            weights_tag=self.weights_tag,
+            weights_file=self.weights_file,
+            preprocess=self.preprocess,
+            device=device,
+            trust_checkpoint=self.trust_checkpoint,
+            progress=progress,
+        )
+        if self.labels:
+            loaded.categories = load_class_names(self.labels)
+        return loaded
 
 
 @dataclass

@@ -46,6 +46,7 @@ from camscope.io.rundir import (
     target_stem,
     variant_name,
 )
+from camscope.models import ModelSpec
 
 __all__ = [
     "ExplainOptions",
@@ -66,13 +67,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ExplainOptions:
-    """Settings of an explain run (the CLI flags of ``camscope explain``)."""
+    """Settings of an explain run (the CLI flags of ``camscope explain``). ``model`` may be
+    given as a name (``"resnet50"``) for a :class:`~camscope.models.ModelSpec` with defaults."""
 
-    model: str = "resnet50"
-    weights_tag: str | None = "IMAGENET1K_V1"
-    weights_file: str | None = None
-    labels: str | None = None
-    preprocess: str = "classic"
+    model: ModelSpec | str = field(default_factory=ModelSpec)
     layer: str | None = None
     methods: Sequence[str] = ("gradcam", "ablationcam", "scorecam")
     smoothing: Sequence[str] = ()
@@ -88,7 +86,15 @@ class ExplainOptions:
     quiet: bool = False
     force: bool = False
     fail_fast: bool = False
-    trust_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, str):
+            self.model = ModelSpec(self.model)
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        assert isinstance(self.model, ModelSpec)
+        return self.model
 
     def check(self) -> None:
         """One-line errors for option values that cannot work (before any work starts)."""
@@ -353,7 +359,7 @@ def plan_run(inputs: Sequence[str | Path], out: str | Path, opts: ExplainOptions
     from camscope.core.layers import canonical_layer_name, default_layer
     from camscope.io.images import find_images
     from camscope.methods import get_method
-    from camscope.models import class_index, load_class_names, load_model, pick_device
+    from camscope.models import class_index, load_class_names, pick_device
     from camscope.smoothing import parse_smoothing
 
     rundir = RunDir(out)
@@ -366,17 +372,9 @@ def plan_run(inputs: Sequence[str | Path], out: str | Path, opts: ExplainOptions
         raise UsageError(f"no images found in {', '.join(map(str, inputs))}")
     rundir.check_writable()
     if loaded is None:
-        loaded = load_model(
-            opts.model,
-            weights_tag=opts.weights_tag,
-            weights_file=opts.weights_file,
-            preprocess=opts.preprocess,
-            device=device,
-            trust_checkpoint=opts.trust_checkpoint,
-            progress=not opts.quiet,
-        )
-    if opts.labels:
-        loaded.categories = load_class_names(opts.labels)
+        loaded = opts.model_spec.load(device, progress=not opts.quiet)
+    elif opts.model_spec.labels:
+        loaded.categories = load_class_names(opts.model_spec.labels)
     if opts.layer:
         _check_layer(loaded, opts.layer)
     with model_state_guard(loaded.model), torch.no_grad():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,9 +16,6 @@ from torch import Tensor, nn
 from camscope import synthetic as S
 
 HELD_OUT_SEED = 1000  # training uses seed 0; evaluation scenes must not overlap
-TRAIN_TIME_WARN_S = 30.0  # a few seconds on 2 idle cores; warn (never fail) when much slower
-
-_timings: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +26,7 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
     modules or runs, call ``S.load_or_train()`` (the user cache) instead.
     """
     cache = tmp_path_factory.mktemp("synthetic-cache")
-    wall, cpu = time.perf_counter(), time.process_time()
-    model = S.load_or_train(cache_dir=cache)
-    _timings["wall"] = time.perf_counter() - wall
-    _timings["cpu"] = time.process_time() - cpu
-    return model
+    return S.load_or_train(cache_dir=cache)
 
 
 @pytest.fixture(scope="module")
@@ -153,16 +145,6 @@ def test_target_layer_output(trained_model: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------- training
-
-
-def test_training_time_is_reported(trained_model: nn.Module) -> None:
-    wall = _timings.get("wall", 0.0)
-    if wall > TRAIN_TIME_WARN_S:  # shared CPUs make wall time noisy: warn, don't fail
-        warnings.warn(
-            f"SmallCNN training took {wall:.1f}s wall / {_timings['cpu']:.1f}s CPU "
-            f"(a few seconds expected on 2 idle cores)",
-            stacklevel=1,
-        )
 
 
 def test_training_reaches_95_percent(trained_model: nn.Module) -> None:

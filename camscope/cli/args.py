@@ -10,6 +10,7 @@ import argparse
 from typing import Any
 
 from camscope.core.runtime import FREEZE_CHOICES, PRECISIONS, SpeedSettings
+from camscope.models import ModelSpec
 from camscope.smoothing import SMOOTHINGS
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "add_speed_args",
     "add_quiet_arg",
     "methods_arg",
+    "model_from_args",
     "speed_from_args",
 ]
 
@@ -32,6 +34,18 @@ def methods_arg(spec: str) -> list[str]:
 
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     return method_names() if parts == ["all"] else parts
+
+
+def model_from_args(args: argparse.Namespace) -> ModelSpec:
+    """The model the :func:`add_model_args` options name."""
+    return ModelSpec(
+        name=args.model,
+        weights_tag=args.weights_tag,
+        weights_file=args.weights_file,
+        preprocess=args.preprocess,
+        labels=args.labels,
+        trust_checkpoint=args.trust_checkpoint,
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -76,6 +90,7 @@ def add_smooth_arg(g: Any) -> None:
     """``--smooth SPEC`` (repeatable): smoothed variants next to the plain maps."""
     g.add_argument(
         "--smooth",
+        dest="smoothing",
         action="append",
         default=[],
         metavar="SPEC",

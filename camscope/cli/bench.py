@@ -65,7 +65,7 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
         n_scenes=args.n_scenes,
         seed=args.seed,
         methods=args.methods,
-        smoothing=args.smooth,
+        smoothing=args.smoothing,
         cache_dir=args.cache_dir,
         device=pick_device(args.device),
         progress=not args.quiet,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
 
 from camscope.cli.args import (
     add_methods_arg,
@@ -12,11 +13,15 @@ from camscope.cli.args import (
     add_quiet_arg,
     add_smooth_arg,
     add_speed_args,
+    model_from_args,
     speed_from_args,
 )
 from camscope.cli.report import add_explain_report_args
 
-__all__ = ["register", "DEMO_PHOTOS"]
+if TYPE_CHECKING:
+    from camscope.pipeline import ExplainOptions
+
+__all__ = ["register", "options_from_args", "DEMO_PHOTOS"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,38 +69,26 @@ def register(subparsers: Any) -> None:
     de.set_defaults(func=cmd_demo)
 
 
+def options_from_args(args: argparse.Namespace) -> ExplainOptions:
+    """The explain options of the parsed command line: every option named like a field of
+    :class:`~camscope.pipeline.ExplainOptions`, plus the model and the speed settings."""
+    from camscope.pipeline import ExplainOptions
+
+    given = {f.name for f in fields(ExplainOptions)} & vars(args).keys()
+    kw = {name: getattr(args, name) for name in given}
+    return ExplainOptions(**{**kw, "model": model_from_args(args), "speed": speed_from_args(args)})
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from camscope.pipeline import ExplainOptions, run_explain
+    from camscope.pipeline import run_explain
     from camscope.report import check_report_options, report_after_explain
 
     if args.max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
         # Pillow refuses outright above twice its own limit; the user asked for more, explicitly.
         Image.MAX_IMAGE_PIXELS = args.max_pixels
-    opts = ExplainOptions(
-        model=args.model,
-        weights_tag=args.weights_tag,
-        weights_file=args.weights_file,
-        labels=args.labels,
-        preprocess=args.preprocess,
-        layer=args.layer,
-        methods=args.methods,
-        smoothing=args.smooth,
-        target_class=args.target_class,
-        top_k=args.top_k,
-        device=args.device,
-        speed=speed_from_args(args),
-        images_per_batch=args.images_per_batch,
-        max_pixels=args.max_pixels,
-        colormap=args.colormap,
-        alpha=args.alpha,
-        figures=args.figures,
-        quiet=args.quiet,
-        force=args.force,
-        fail_fast=args.fail_fast,
-        trust_checkpoint=args.trust_checkpoint,
-    )
+    opts = options_from_args(args)
     boxes = check_report_options(boxes=args.boxes, steps=args.steps) if args.report else None
     res = run_explain(args.images, args.out, opts)
     msg = (
@@ -123,7 +116,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from camscope.errors import UsageError, WeightsError
     from camscope.io.atomic import atomic_save
-    from camscope.models import imagenet_categories, imagenet_wnids, load_model, pick_device
+    from camscope.models import (
+        ModelSpec,
+        imagenet_categories,
+        imagenet_wnids,
+        load_model,
+        pick_device,
+    )
     from camscope.pipeline import ExplainOptions, run_explain
 
     try:
@@ -140,15 +139,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
             img = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
             atomic_save(target, lambda f, img=img: img.save(f, format="PNG"))
     opts = ExplainOptions(
+        model=ModelSpec(weights_file=args.weights_file),
         methods=args.methods,
         smoothing=[args.smooth],
-        weights_file=args.weights_file,
         device=args.device,
         quiet=args.quiet,
     )
     device = pick_device(args.device)
     try:
-        loaded = load_model("resnet50", weights_file=args.weights_file, device=device, progress=not args.quiet)
+        loaded = opts.model_spec.load(device, progress=not args.quiet)
     except WeightsError as exc:
         logger.warning("%s", exc)
         logger.warning(

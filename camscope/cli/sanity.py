@@ -21,6 +21,7 @@ from camscope.cli.args import (
     add_model_args,
     add_quiet_arg,
     add_speed_args,
+    model_from_args,
     speed_from_args,
 )
 from camscope.errors import CamscopeError, UsageError
@@ -110,19 +111,9 @@ def cmd_sanity(args: argparse.Namespace) -> int:
         layer = args.layer or S.TARGET_LAYER
         info = {"model": f"SmallCNN v{S.VERSION} (synthetic scenes)", "images": "make_scenes seed 4242"}
     else:
-        from camscope.models import load_model
-
         if not args.images:
             raise UsageError("give IMAGES (files or folders), or --synthetic")
-        loaded = load_model(
-            args.model,
-            weights_tag=args.weights_tag,
-            weights_file=args.weights_file,
-            preprocess=args.preprocess,
-            device=device,
-            trust_checkpoint=args.trust_checkpoint,
-            progress=not args.quiet,
-        )
+        loaded = model_from_args(args).load(device, progress=not args.quiet)
         if loaded.weights.startswith("random"):
             logger.warning(
                 "the model has random weights: the randomisation test compares a random model "

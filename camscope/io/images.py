@@ -7,6 +7,7 @@ raises `ImageLoadError` with a one-line "path: reason" message; no raw Pillow/OS
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -14,7 +15,7 @@ import re
 import stat
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,39 +290,38 @@ def _decode(
     p: Path, fh: object, max_pixels: int | None, background: tuple[int, int, int]
 ) -> Image.Image:
     name = _display(p)
-    try:
+    with _failures(name, max_pixels, "open", "corrupt image header"):
         img = Image.open(fh)  # type: ignore[arg-type]  # reads the header only
-    except UnidentifiedImageError as e:
-        raise ImageLoadError(
-            name, "cannot identify image file: not an image or unsupported format"
-        ) from e
-    except Image.DecompressionBombError as e:
-        raise ImageLoadError(name, _bomb_reason(None, str(e), max_pixels)) from e
-    except MemoryError as e:
-        raise ImageLoadError(name, "not enough memory to open the image") from e
-    except Exception as e:
-        raise ImageLoadError(name, f"corrupt image header ({_exc_detail(e)})") from e
     with img:
         width, height = img.size
         if width <= 0 or height <= 0:
             raise ImageLoadError(name, f"invalid image size {width}×{height}")
         if max_pixels is not None and width * height > max_pixels:
             raise ImageLoadError(name, _bomb_reason((width, height), None, max_pixels))
-        try:
-            img.load()  # force Pillow's lazy decoding here, inside the try
+        with _failures(name, max_pixels, "decode", "truncated or corrupt image data"):
+            img.load()  # force Pillow's lazy decoding here, inside the guard
             orientation = _orientation(img, name)
             rgb = _to_rgb(img, background, name)
-        except ImageLoadError:
-            raise
-        except Image.DecompressionBombError as e:
-            raise ImageLoadError(name, _bomb_reason(None, str(e), max_pixels)) from e
-        except MemoryError as e:
-            raise ImageLoadError(name, "not enough memory to decode the image") from e
-        except Exception as e:
-            raise ImageLoadError(name, f"truncated or corrupt image data ({_exc_detail(e)})") from e
     if orientation in _ORIENTATION:
         rgb = rgb.transpose(_ORIENTATION[orientation])
     return rgb
+
+
+@contextlib.contextmanager
+def _failures(name: str, max_pixels: int | None, verb: str, otherwise: str) -> Iterator[None]:
+    """Any exception of Pillow while it ``verb``s an image, as a one-line ImageLoadError."""
+    try:
+        yield
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError as e:
+        raise ImageLoadError(name, "cannot identify image file: not an image or unsupported format") from e
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(name, _bomb_reason(None, str(e), max_pixels)) from e
+    except MemoryError as e:
+        raise ImageLoadError(name, f"not enough memory to {verb} the image") from e
+    except Exception as e:
+        raise ImageLoadError(name, f"{otherwise} ({_exc_detail(e)})") from e
 
 
 def _orientation(img: Image.Image, name: str) -> int:

@@ -28,11 +28,7 @@ from camscope.io.atomic import is_temp_file
 from camscope.io.rundir import FAILURES, MANIFEST, PREDICTIONS
 from camscope.models import LoadedModel, Preprocess
 from camscope.pipeline import ExplainOptions, run_explain
-
-try:
-    from tests import corpus
-except ImportError:  # tests/ itself on sys.path (pytest's default "prepend" import mode)
-    import corpus  # type: ignore[no-redef]
+from tests import corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,7 +1,7 @@
 """CUDA: every method on the GPU equals the CPU; reduced precision; no per-channel host syncs.
 
 Skipped where CUDA is not available (CI has no GPU); run on a GPU machine with
-``python -m pytest tests/test_cuda.py``.
+``python -m pytest tests/core/test_cuda.py``.
 """
 
 from __future__ import annotations

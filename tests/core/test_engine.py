@@ -1,6 +1,6 @@
 """The engine against naive references, batching, the hook path and smoothing.
 
-- every registered method equals ``camscope.methods.reference`` (full model, one forward per
+- every registered method equals ``tests/reference.py`` (full model, one forward per
   channel, hooks) on resnet18 at 64x64 and on small CNNs, with and without dead channels;
 - a batch of images gives the maps of one image at a time (top_k, smoothing included);
 - the hook fallback gives the maps of the traced split;
