@@ -21,18 +21,19 @@ Not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-DEFAULT_IMAGES = REPO.parent / "shared" / "images" / "imagenet-samples"
+if str(Path(__file__).resolve().parent) not in sys.path:  # the cams package next to this file
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cams import camscope_api as cs  # noqa: E402
+from cams.common import DEFAULT_IMAGES, measure, measure_interleaved, pearson  # noqa: E402
+from cams.context import build_model, list_photos  # noqa: E402
 
 
 def ints(text: str) -> list[int]:
@@ -63,19 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import torchvision
-
-    from camscope import CamEngine
-    from camscope.io.images import load_image
-    from camscope.models import Preprocess
-
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    torch.manual_seed(args.seed)
-    model = torchvision.models.get_model(args.model, weights=None).eval().to(device)
-    pre = Preprocess("classic")
-    paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-    photos = [pre.to_tensor(load_image(p))[None].to(device) for p in paths[: args.photos]]
+    model, _ = build_model(args.model, seed=args.seed, device=args.device, prog="batch_sweep")
+    pre = cs.classic_preprocess()
+    paths = list_photos(Path(args.images), prog="batch_sweep")
+    photos = [pre.to_tensor(cs.load_image(p))[None].to(device) for p in paths[: args.photos]]
     precisions = (args.precisions or ("fp32,bf16,fp16" if cuda else "fp32,bf16")).split(",")
     sc_batches = args.scorecam_batches or ([16, 32, 64, 128, 256, 512] if cuda else [4, 8, 16, 32])
     ab_batches = args.ablation_batches or ([128, 256, 512, 1024, 2048] if cuda else [64, 256])
@@ -85,32 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     print(f"# {args.model} (random weights, seed {args.seed}) on {name}, torch {torch.__version__}, "
           f"{len(photos)} photos, {args.repeats} repeats")
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
+    timing = {"budget_s": math.inf, "device": device}
 
     def run(method: str, layer: str, batch: int, precision: str, cl: bool | None, fz: bool | None):
-        engine = CamEngine(model, layer, methods=[method], batch_size=batch, precision=precision,
-                           channels_last=cl, freeze=fz)
+        engine = cs.cam_engine(model, layer, methods=[method], batch_size=batch, precision=precision,
+                               channels_last=cl, freeze=fz)
         per_photo, maps = [], []
         for x in photos:
-            times = []
-            for i in range(args.repeats + 1):
-                sync()
-                t0 = time.perf_counter()
-                res = engine(x)
-                sync()
-                if i:
-                    times.append(time.perf_counter() - t0)
-            per_photo.append(statistics.median(times))
-            maps.append(res.maps[method][0, 0].numpy())
+            m = measure(lambda x=x: engine(x), repeats=args.repeats, **timing)
+            per_photo.append(m.seconds)
+            maps.append(m.output.maps[method][0, 0].numpy())
         if cuda:
             torch.cuda.empty_cache()
         return statistics.median(per_photo), maps
 
-    def corr(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-        return min(float(np.corrcoef(x.ravel(), y.ravel())[0, 1]) for x, y in zip(a, b, strict=True))
+    def corr(a: list, b: list) -> float:
+        return min(pearson(x, y) for x, y in zip(a, b, strict=True))
 
     def label(flag: bool | None) -> str:
         return "auto" if flag is None else ("on" if flag else "off")
@@ -124,23 +108,16 @@ def main(argv: list[str] | None = None) -> int:
             for b in sc_batches:
                 xb = torch.cat(photos).repeat((b + len(photos) - 1) // len(photos), 1, 1, 1)[:b]
                 settings = [(cl, fz) for cl in formats for fz in freezes]
-                rts = [CamEngine(model, "layer4.-1", methods=["scorecam"], precision=precision,
-                                 channels_last=cl, freeze=fz).runtime for cl, fz in settings]
+                rts = [cs.cam_engine(model, "layer4.-1", methods=["scorecam"], precision=precision,
+                                     channels_last=cl, freeze=fz).runtime for cl, fz in settings]
                 for rt in rts:
-                    rt.forward(xb)  # warm-up (builds the private copy)
-                    rt.forward(xb)
-                times: list[list[float]] = [[] for _ in rts]
-                for _ in range(max(1, args.repeats)):
-                    for rt, ts in zip(rts, times, strict=True):
-                        sync()
-                        t0 = time.perf_counter()
-                        rt.forward(xb)
-                        sync()
-                        ts.append((time.perf_counter() - t0) / b * 1000)
-                for (cl, fz), rt, ts in zip(settings, rts, times, strict=True):
+                    rt.forward(xb)  # warm-up (builds the private copy); measure_interleaved adds one more
+                ms = measure_interleaved({str(i): (lambda rt=rt, xb=xb: rt.forward(xb)) for i, rt in enumerate(rts)},
+                                         repeats=max(1, args.repeats), **timing)
+                for i, ((cl, fz), rt) in enumerate(zip(settings, rts, strict=True)):
+                    ts = [t / b * 1000 for t in ms[str(i)].times]
                     print(f"| {args.model} | {b} | {precision} | {label(cl)} | {label(fz)} | "
-                          f"{rt._fast_mode if rt._fast is not None else 'model'} | {min(ts):.1f} | "
-                          f"{statistics.median(ts):.1f} |", flush=True)
+                          f"{cs.copy_used(rt)} | {min(ts):.1f} | {statistics.median(ts):.1f} |", flush=True)
         return 0
 
     print("\n| method | layer | rows/pass | precision | channels-last | freeze | s/photo | min corr vs fp32 |")
