@@ -1,10 +1,8 @@
 """Every camscope name the benchmarks use, in one place.
 
-camscope's internals move (``Runtime`` from ``camscope.core.capture`` to
-``camscope.core.runtime``; the naive reference implementations from ``camscope.methods.reference``
-to ``tests/reference.py``), so the benchmarks import camscope only through these functions, which
-use public or module-level names and find what moved wherever it is. Imports are lazy:
-``--help`` does not import camscope.
+The benchmarks import camscope only through these functions, which use public or module-level
+names; the naive reference implementations come from the repository's ``tests/reference.py``.
+Imports are lazy: ``--help`` does not import camscope.
 """
 
 from __future__ import annotations
@@ -60,9 +58,10 @@ def _module(name: str) -> Any:
     return importlib.import_module(name)
 
 
-def cam_engine(*args: Any, **kwargs: Any) -> Any:
-    """``camscope.CamEngine(model, layer, methods=..., ...)``."""
-    return _module("camscope").CamEngine(*args, **kwargs)
+def cam_engine(model: Any, layer: str, *, methods: Any, **speed: Any) -> Any:
+    """``camscope.CamEngine(model, layer, methods=..., speed=SpeedSettings(**speed))``."""
+    camscope = _module("camscope")
+    return camscope.CamEngine(model, layer, methods=methods, speed=camscope.SpeedSettings(**speed))
 
 
 def load_image(path: Any) -> Any:
@@ -92,44 +91,24 @@ def batch_defaults(device_type: str) -> tuple[Any, Any]:
     return _per_device(tail, device_type), _per_device(fwd, device_type)
 
 
-def runtime_class() -> Any:
-    """``Runtime``: in ``camscope.core.runtime``, or where it was, ``camscope.core.capture``."""
-    for name in ("camscope.core.runtime", "camscope.core.capture"):
-        try:
-            runtime = getattr(_module(name), "Runtime", None)
-        except ImportError:
-            continue
-        if runtime is not None:
-            return runtime
-    raise ImportError("camscope has no Runtime in camscope.core.runtime or camscope.core.capture")
-
-
 def measures_forward_batches() -> bool:
     """Whether camscope times its own images per full forward on CPU (``Runtime.forward_slices``)."""
-    return hasattr(runtime_class(), "forward_slices")
+    return hasattr(_module("camscope.core.runtime").Runtime, "forward_slices")
 
 
 def copy_used(runtime: Any) -> str:
-    """Which copy of the model a ``Runtime`` runs full forwards through (frozen, compiled,
-    plain). camscope has no public name for it; "?" where the attribute is gone."""
-    mode = getattr(runtime, "_fast_mode", None)  # the one private read (batch_sweep's column)
-    if mode is None:
-        return "?"
-    return mode if getattr(runtime, "_fast", None) is not None else "model"
+    """The forward mode a ``Runtime`` ran its last full forward in (``eager``,
+    ``channels_last``, ``frozen``, ``compiled``; "?" before any)."""
+    return runtime.mode or "?"
 
 
 def reference_maps() -> tuple[Callable[..., Any], str] | None:
-    """camscope's naive reference ``reference_maps`` and the module it came from:
-    ``tests/reference.py`` (where the parallel refactor moves it), else
-    ``camscope.methods.reference`` (where it was); None when neither has it."""
-    for name in ("tests.reference", "camscope.methods.reference"):
-        try:
-            module = _module(name)
-        except ImportError:
-            continue
-        if name.startswith("tests.") and not str(getattr(module, "__file__", "")).startswith(str(REPO)):
-            continue  # some other project's "tests" package
-        fn = getattr(module, "reference_maps", None)
-        if fn is not None:
-            return fn, name
-    return None
+    """camscope's naive reference ``reference_maps`` (``tests/reference.py`` of this checkout)
+    and the module's name; None when the checkout has no tests."""
+    try:
+        module = _module("tests.reference")
+    except ImportError:
+        return None
+    if not str(getattr(module, "__file__", "")).startswith(str(REPO)):
+        return None  # some other project's "tests" package
+    return module.reference_maps, "tests.reference"

@@ -81,7 +81,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--reference-impl", choices=("camscope", "local"), default="camscope",
-        help="naive Score-CAM: camscope.methods.reference (falls back to local when absent) or the local one here",
+        help="naive Score-CAM: tests/reference.py (falls back to local when absent) or the local one here",
     )
     p.add_argument("--skip-logit-softmax", action="store_true", help="skip camscope's scorecam-logit-softmax check against pytorch-grad-cam")
     p.add_argument("--skip-reference", action="store_true", help="time camscope only (no pytorch-grad-cam)")
