@@ -1,9 +1,11 @@
 """camscope: class activation maps that are correct, fast and measured.
 
-    import camscope, torchvision
-    model = torchvision.models.resnet50(weights="IMAGENET1K_V1")
-    res = camscope.explain(model, "cat.jpg", methods=["gradcam", "scorecam"])
+    import camscope
+    model = camscope.load_model("resnet50")        # or any nn.Module
+    res = camscope.explain(model, "photos/", methods=["gradcam", "scorecam"])
+    res                            # in a notebook: a grid of photos and overlays
     res.maps["gradcam"][0, 0]      # (224, 224) map in [0, 1] for the predicted class
+    res.save("runs/x")             # the CLI's run folder; then camscope.report("runs/x")
 
 Heavy modules (torch, torchvision, matplotlib) load on first use, not on ``import camscope``.
 """
@@ -21,14 +23,16 @@ if TYPE_CHECKING:
 
     from camscope.core.engine import CamResult
     from camscope.core.runtime import SpeedSettings
-    from camscope.models import Preprocess
+    from camscope.models import LoadedModel, Preprocess
 
 __all__ = [
     "explain",
+    "report",
     "CamEngine",
     "CamResult",
     "compute_cams",
     "load_model",
+    "LoadedModel",
     "Preprocess",
     "run_explain",
     "ExplainOptions",
@@ -42,6 +46,7 @@ _LAZY = {
     "CamResult": "camscope.core.engine",
     "compute_cams": "camscope.core.engine",
     "load_model": "camscope.models",
+    "LoadedModel": "camscope.models",
     "Preprocess": "camscope.models",
     "run_explain": "camscope.pipeline",
     "ExplainOptions": "camscope.pipeline",
@@ -60,7 +65,7 @@ def __getattr__(name: str) -> Any:
 
 
 def explain(
-    model: nn.Module,
+    model: nn.Module | LoadedModel,
     images: Any,
     *,
     layer: str | None = None,
@@ -70,54 +75,84 @@ def explain(
     top_k: int = 1,
     smoothing: Sequence[str] | str | None = None,
     speed: SpeedSettings | None = None,
+    images_per_call: int = 8,
     progress: bool = False,
 ) -> CamResult:
-    """Class activation maps of any ``nn.Module`` classifier for one or more images.
+    """Class activation maps of any classifier for one or more images.
 
     Args:
-        model: the classifier (left unchanged: hooks, flags and ``.grad`` are restored).
-        images: a path, a PIL image, a list of those, or a normalised tensor (B,3,H,W).
+        model: an ``nn.Module`` (left unchanged: hooks, flags and ``.grad`` are restored), or a
+            :class:`~camscope.models.LoadedModel` from :func:`load_model` (which brings its
+            class names, weights description and preprocessing).
+        images: a path or folder, a PIL image, an (H,W,3) uint8 array, a list of those, or a
+            normalised tensor (B,3,H,W).
         layer: dotted path of the target layer (default: per architecture, else the last
             module with a spatial output).
         methods: registered method names (see ``camscope.METHODS``).
-        preprocess: how photos become tensors (default: 224x224 resize, ImageNet statistics).
+        preprocess: how photos become tensors (default: the loaded model's, else a 224x224
+            resize with ImageNet statistics).
         targets: class per image (or list of classes per image); default: the top-k predicted.
         smoothing: ``"eigen"``, ``"aug"``, ``"eigen,aug"`` or a list of such variants.
         speed: rows per pass, precision and model copy of Score-/Ablation-CAM
             (:class:`~camscope.core.runtime.SpeedSettings`).
+        images_per_call: images explained together (memory grows with it).
     Returns:
-        a :class:`~camscope.core.engine.CamResult`; ``maps[name]`` is (B,k,H,W) in [0,1].
+        a :class:`~camscope.core.engine.CamResult`: ``maps[name]`` is (B,k,H,W) in [0,1]; in a
+        notebook it displays as a grid; ``figure(i)``, ``overlay(i, method)``, ``save(DIR)``.
     """
     import torch
 
-    from camscope.core.engine import compute_cams
-    from camscope.models import Preprocess
+    from camscope.core.engine import CamEngine, concat_results
+    from camscope.models import LoadedModel, Preprocess, loaded_from_module
 
-    pre = preprocess or Preprocess()
-    x = _as_batch(images, pre)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return compute_cams(
-        model,
-        x.to(device),
-        layer=layer,
-        methods=methods,
-        targets=targets,
-        top_k=top_k,
-        smoothing=smoothing,
-        normalization=pre.normalization,
-        speed=speed,
-        progress=progress,
+    if isinstance(model, LoadedModel):
+        loaded = model
+        pre = preprocess or loaded.preprocess
+    else:
+        pre = preprocess or Preprocess()
+        loaded = loaded_from_module(model, pre)
+    x, photos = _as_batch(images, pre)
+    device = next((p.device for p in loaded.model.parameters()), torch.device("cpu"))
+    engine = CamEngine(
+        loaded.model, layer, methods=methods, smoothing=smoothing, normalization=pre.normalization,
+        speed=speed, progress=progress,
     )
+    per_image = None if targets is None else [t if isinstance(t, (list, tuple)) else [t] for t in targets]
+    parts = []
+    for start in range(0, x.shape[0], max(1, images_per_call)):
+        chunk = slice(start, start + max(1, images_per_call))
+        parts.append(engine(x[chunk].to(device), None if per_image is None else per_image[chunk], top_k))
+    res = concat_results(parts)
+    res.model = loaded
+    if photos is not None:
+        res.photos = [p.image for p in photos]
+        res.names = [p.name for p in photos]
+        res.sources = [None if p.source is None else str(p.source) for p in photos]
+    return res
 
 
-def _as_batch(images: Any, pre: Preprocess) -> Tensor:
+def report(out: str | Path, *, model: Any = None, **options: Any) -> Any:
+    """Measure the maps of a run folder (``camscope explain --out DIR`` or ``res.save(DIR)``)
+    and write ``DIR/report.html``; ``model`` (an ``nn.Module`` or a ``LoadedModel``) is the
+    one that made the maps, needed for the faithfulness metrics when the run's model cannot be
+    rebuilt by name. ``options`` as :func:`camscope.reporting.build_report`. Returns its
+    ``(EvaluationResult, ReportFiles)``."""
+    from camscope.reporting import build_report
+
+    return build_report(out, model=model, **options)
+
+
+def _as_batch(images: Any, pre: Preprocess) -> tuple[Tensor, list[Any] | None]:
+    """The model inputs (B,3,H,W) and, unless a tensor was given, the photos they come from."""
     import torch
 
     if isinstance(images, torch.Tensor):
-        return images[None] if images.dim() == 3 else images
-    if isinstance(images, (str, Path)) or hasattr(images, "convert"):
-        images = [images]
-    from camscope.io.images import load_image
+        return (images[None] if images.dim() == 3 else images), None
+    from camscope.io.images import collect_photos
 
-    tensors = [pre.to_tensor(load_image(im) if isinstance(im, (str, Path)) else im) for im in images]
-    return torch.stack(tensors)
+    photos = collect_photos(images)
+    if not photos:
+        from camscope.errors import UsageError
+
+        raise UsageError("no images to explain")
+    return torch.stack([pre.to_tensor(p.image) for p in photos]), photos

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from camscope.errors import UsageError, WeightsError
+from camscope.io.rundir import PYTHON_MODEL, RANDOM_WEIGHTS
 
 if TYPE_CHECKING:
     from camscope.io.rundir import RunSettings
@@ -35,6 +36,7 @@ __all__ = [
     "imagenet_wnids",
     "wnid_from_name",
     "load_class_names",
+    "loaded_from_module",
     "pick_device",
 ]
 
@@ -165,6 +167,12 @@ def pick_device(spec: str | torch.device | None) -> torch.device:
     return dev
 
 
+def loaded_from_module(model: nn.Module, preprocess: Preprocess | None = None) -> LoadedModel:
+    """Any ``nn.Module`` as a :class:`LoadedModel`: named by its class, no class names, weights
+    described as given from Python (a run made with it cannot rebuild it by name)."""
+    return LoadedModel(model, type(model).__name__, PYTHON_MODEL, None, preprocess or Preprocess())
+
+
 def classification_models() -> list[str]:
     """Names of torchvision's classification models."""
     import torchvision.models as tvm
@@ -264,7 +272,7 @@ def load_model(
         weights_desc = str(weights)
     else:
         model = tvm.get_model(name, weights=None)
-        weights_desc = "random (no weights)"
+        weights_desc = RANDOM_WEIGHTS
 
     pre = _preprocess_for(weights, preprocess)
     wnids = imagenet_wnids() if categories is not None and len(categories) == 1000 else None
@@ -390,6 +398,11 @@ def load_from_settings(
     otherwise; a run made with a weights tag is reloaded through the weights API.
     """
     weights = settings.weights
+    if weights == PYTHON_MODEL and weights_file is None:
+        raise UsageError(
+            f"the run's model {settings.model!r} was {PYTHON_MODEL} and cannot be rebuilt by name; "
+            "measure with camscope.report(DIR, model=model) from Python"
+        )
     tag: str | None = None
     if weights_file is None and weights.startswith("file:"):
         weights_file = weights[len("file:") :]

@@ -39,6 +39,7 @@ from camscope.io.rundir import (
     RunDir,
     RunSettings,
     figure_file,
+    is_random_weights,
     map_file,
     output_stems,
     overlay_file,
@@ -60,6 +61,9 @@ __all__ = [
     "record_outcome",
     "run_explain",
     "write_image",
+    "save_result",
+    "figure_rows",
+    "figure_title",
 ]
 
 logger = logging.getLogger(__name__)
@@ -278,8 +282,7 @@ def write_image(
     opts: ExplainOptions,
 ) -> ImageRecord:
     """Write one image's maps, overlays and comparison figures; return its manifest record."""
-    from camscope.methods import get_method
-    from camscope.render import Panel, comparison_figure, overlay, png_bytes
+    from camscope.render import comparison_figure, figure_png, overlay, png_bytes
 
     photo = loaded.preprocess.frame(explained.photo)
     probs = explained.probs
@@ -292,10 +295,7 @@ def write_image(
     figures: list[str] = []
     for rank, cls in enumerate(explained.targets):
         stem = target_stem(item.stem, rank, k)
-        label = f"{_class_name(loaded, cls)} {float(probs[cls]):.1%}"
-        rows = []
         for variant in variants:
-            row = []
             for m in methods:
                 name = variant_name(m, variant.parts)
                 sal = explained.maps[name][rank]
@@ -303,15 +303,14 @@ def write_image(
                 rundir.write_map(npy, sal)
                 rundir.write_png(png, png_bytes(overlay(photo, sal, alpha=opts.alpha, colormap=opts.colormap)))
                 files.setdefault(name, []).extend([png, npy])
-                suffix = f" +{smoothing_label(variant.parts)}" if variant.parts else ""
-                row.append(Panel(f"{get_method(m).title}{suffix}\n{label}", sal))
-            rows.append(row)
         if opts.figures:
-            title = f"{item.rel} | explained: {_class_name(loaded, cls)} ({float(probs[cls]):.1%})"
-            if truth is not None:
-                title += f" | true: {_class_name(loaded, truth)}"
+            label = f"{_class_name(loaded, cls)} {float(probs[cls]):.1%}"
+            rows = figure_rows(explained.maps, rank, methods, variants, label)
+            title = figure_title(
+                item.rel, label, None if truth is None else _class_name(loaded, truth), loaded.weights
+            )
             fig = figure_file(stem)
-            rundir.write_png(fig, comparison_figure(photo, rows, suptitle=title, alpha=opts.alpha, colormap=opts.colormap))
+            rundir.write_png(fig, figure_png(comparison_figure(photo, rows, suptitle=title, alpha=opts.alpha, colormap=opts.colormap)))
             figures.append(fig)
     return ImageRecord(
         source=str(item.path),
@@ -324,6 +323,35 @@ def write_image(
         files=files,
         figures=figures,
     )
+
+
+def figure_rows(
+    maps: dict[str, Any], rank: int, methods: Sequence[str], variants: Sequence[Any], label: str
+) -> list[list[Any]]:
+    """The panels of a comparison figure: one row per smoothing variant, one panel per method,
+    each titled with the method (and smoothing) and ``label`` (the explained class)."""
+    from camscope.methods import get_method
+    from camscope.render import Panel
+
+    rows = []
+    for variant in variants:
+        suffix = f" +{smoothing_label(variant.parts)}" if variant.parts else ""
+        rows.append([
+            Panel(f"{get_method(m).title}{suffix}\n{label}", maps[variant_name(m, variant.parts)][rank])
+            for m in methods
+        ])
+    return rows
+
+
+def figure_title(rel: str, explained: str, truth: str | None, weights: str | None) -> str:
+    """A comparison figure's title: the photo, the explained class, the true class when known,
+    and a warning when the model has random weights."""
+    title = f"{rel} | explained: {explained}"
+    if truth is not None:
+        title += f" | true: {truth}"
+    if weights is not None and is_random_weights(weights):
+        title += "\nRANDOM WEIGHTS: these maps say nothing about a trained model"
+    return title
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,6 +500,91 @@ def run_explain(
         plan.rundir.write_manifest(manifest)
         result.seconds = time.perf_counter() - t_start
     return result
+
+
+def save_result(
+    result: Any,
+    out: str | Path,
+    *,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    figures: bool = True,
+    force: bool = False,
+) -> Path:
+    """Write a :class:`~camscope.core.engine.CamResult` as the run folder ``camscope explain``
+    writes (through :func:`write_image`), so that ``camscope report DIR`` reads it.
+
+    Photos given from files keep their path as the source; photos and tensors given in memory
+    are written to ``DIR/inputs/<name>.png`` (tensors de-normalised to 8 bits) and become the
+    source, which the report's faithfulness metrics reload. Images already in a folder made
+    with the same settings are replaced; other settings are refused unless ``force``.
+    """
+    from camscope.io.rundir import PYTHON_MODEL
+    from camscope.models import LoadedModel, Preprocess
+    from camscope.render import png_bytes
+    from camscope.smoothing import Smoothing
+
+    rundir = RunDir(out)
+    opts = ExplainOptions(alpha=alpha, colormap=colormap, figures=figures)
+    opts.check()
+    rundir.check_writable("save")
+    loaded = result.model
+    if loaded is None:  # a CamEngine result: the model is only known by its inputs
+        h, w = result.inputs.shape[-2:]
+        mean, std = result.normalization or ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        loaded = LoadedModel(None, "model", PYTHON_MODEL, None, Preprocess("classic", (int(h), int(w)), None, tuple(mean), tuple(std)))
+    n, k = result.targets.shape
+    names = result.names or [f"image{i}.png" for i in range(n)]
+    sources = result.sources or [None] * n
+    variants = [Smoothing.of(parts) for parts in result.smoothing]
+    settings = RunSettings(
+        model=loaded.name,
+        weights=loaded.weights,
+        layer=str(result.layer),
+        methods=tuple(result.methods),
+        smoothing=tuple(smoothing_label(v.parts) for v in variants if v.parts),
+        preprocess=loaded.preprocess.describe(),
+        top_k=int(k),
+        precision=result.speed.precision if result.speed is not None else "fp32",
+        colormap=colormap,
+        alpha=alpha,
+    )
+    previous = None if force else rundir.read_manifest(hint="use force=True or another folder")
+    if previous is not None and settings.differences(previous.settings):
+        raise UsageError(
+            f"{out} holds a run with other settings ({', '.join(settings.differences(previous.settings))}); "
+            "pass force=True to write into it, or choose another folder"
+        )
+    rundir.create("save")
+    manifest = Manifest(
+        settings=settings,
+        versions=_versions(),
+        device=str(result.inputs.device) if result.inputs is not None else "cpu",
+        methods={m: _method_meta(m) for m in result.methods},
+        outputs=[variant_name(m, parts) for parts in result.smoothing for m in result.methods],
+        images={} if previous is None else dict(previous.images),
+    )
+    stems = output_stems(names)
+    done = RunResult(Path(out), loaded)
+    for i, name in enumerate(names):
+        photo = result.photo(i) if result.photos is None else result.photos[i]
+        source = sources[i]
+        if source is None:  # kept in the folder, so that the report can reload it
+            source_rel = f"inputs/{name}" if name.lower().endswith(".png") else f"inputs/{name}.png"
+            rundir.write_png(source_rel, png_bytes(photo))
+            source = str(rundir.path(source_rel).resolve())
+        explained = Explained(
+            photo,
+            result.inputs[i] if result.inputs is not None else None,
+            result.probabilities[i],
+            result.targets[i].tolist(),
+            {v: m[i].numpy() for v, m in result.maps.items()},
+        )
+        item = PlannedImage(Path(source), name, stems[name])
+        record_outcome(manifest, Outcome(item, write_image(rundir, item, explained, loaded, variants, result.methods, opts)), done)
+    rundir.write_manifest(manifest)
+    logger.info("saved %d images -> %s", n, out)
+    return Path(out)
 
 
 def record_outcome(manifest: Manifest, outcome: Outcome, result: RunResult) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["colorize", "overlay", "Panel", "comparison_figure", "png_bytes", "resize_map"]
+__all__ = ["colorize", "overlay", "Panel", "comparison_figure", "figure_png", "png_bytes", "resize_map"]
 
 
 def colorize(saliency: np.ndarray, colormap: str = "jet") -> np.ndarray:
@@ -76,8 +77,9 @@ def comparison_figure(
     alpha: float = 0.5,
     colormap: str = "jet",
     panel_inches: float = 2.6,
-) -> bytes:
-    """A PNG: one row per smoothing variant, the photo first, then one panel per method."""
+) -> Any:
+    """A matplotlib ``Figure``: one row per smoothing variant, the photo first, then one panel
+    per method. (Not attached to pyplot: display it in a notebook, or ``figure_png`` it.)"""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -108,8 +110,13 @@ def comparison_figure(
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def figure_png(fig: Any, dpi: int = 100) -> bytes:
+    """Encode a matplotlib figure as PNG bytes."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
 
 

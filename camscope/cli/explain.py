@@ -83,7 +83,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from camscope.pipeline import run_explain
-    from camscope.report import check_report_options, report_after_explain
+    from camscope.reporting import check_report_options, report_after_explain
 
     if args.max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
         # Pillow refuses outright above twice its own limit; the user asked for more, explicitly.
@@ -159,7 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     res = run_explain([photos], out / "run", opts, loaded=loaded)
     logger.info("demo: %d photos explained -> %s", len(res.completed) + len(res.skipped), out / "run")
     if args.report and (res.completed or res.skipped):
-        from camscope.report import report_after_explain
+        from camscope.reporting import report_after_explain
 
         return max(res.exit_code, report_after_explain(res.out, loaded, progress=not args.quiet))
     return res.exit_code

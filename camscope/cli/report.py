@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 def add_measure_args(p: Any, *, with_boxes: bool = True) -> None:
     """What to measure: ``--boxes``, ``--steps``, ``--seed``, ``--no-road``, ``--embed``."""
-    from camscope.report.evaluate import DEFAULT_STEPS
+    from camscope.reporting.evaluate import DEFAULT_STEPS
 
     if with_boxes:
         p.add_argument(
@@ -88,7 +88,7 @@ def register(subparsers: Any) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     """``camscope report DIR``."""
     from camscope.io.rundir import RunDir
-    from camscope.report import build_report
+    from camscope.reporting import build_report
 
     RunDir(args.dir).load()  # no manifest: one line before anything else
     ev, files = build_report(

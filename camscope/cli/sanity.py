@@ -25,6 +25,7 @@ from camscope.cli.args import (
     speed_from_args,
 )
 from camscope.errors import CamscopeError, UsageError
+from camscope.io.rundir import is_random_weights
 
 __all__ = ["register"]
 
@@ -114,7 +115,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
         if not args.images:
             raise UsageError("give IMAGES (files or folders), or --synthetic")
         loaded = model_from_args(args).load(device, progress=not args.quiet)
-        if loaded.weights.startswith("random"):
+        if is_random_weights(loaded.weights):
             logger.warning(
                 "the model has random weights: the randomisation test compares a random model "
                 "with random models and says nothing; pass --weights FILE or a weights tag"

@@ -11,6 +11,8 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +24,7 @@ from camscope.io.rundir import variant_name
 from camscope.methods.registry import MethodSpec, get_method
 from camscope.smoothing import Smoothing, expand_views, fold_views, parse_smoothing
 
-__all__ = ["CamEngine", "CamResult", "compute_cams"]
+__all__ = ["CamEngine", "CamResult", "compute_cams", "concat_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,17 +33,83 @@ logger = logging.getLogger(__name__)
 class CamResult:
     """Maps and predictions for a batch of B images and k target classes each.
 
+    In a notebook it shows itself as a grid (photo, one overlay per method and variant, the
+    explained class); :meth:`figure`, :meth:`overlay` and :meth:`save` give the CLI's comparison
+    figure, an overlay, and the CLI's run folder (rendering lives in :mod:`camscope.display`
+    and :mod:`camscope.pipeline`, imported when used).
+
     Attributes:
         targets: (B,k) explained classes.
         probabilities: (B,C) softmax of the model output on the original images.
         maps: variant name (``"gradcam"``, ``"gradcam+eigen+aug"``...) -> (B,k,H,W) in [0,1].
         seconds: wall time per method (all its variants), plus ``"capture"``.
+        inputs: (B,3,H,W) the model inputs, on the CPU.
+        normalization: the inputs' (mean, std), when known.
+        layer, methods, smoothing, speed: how the maps were made (``smoothing``: the variants'
+            parts, plain ``()`` first).
+        photos, names, sources: the decoded photos, their names and files (None for images
+            given in memory); set by :func:`camscope.explain`.
+        model: a :class:`camscope.models.LoadedModel` (name, weights, class names,
+            preprocessing), when known.
     """
 
     targets: Tensor
     probabilities: Tensor
     maps: dict[str, Tensor]
     seconds: dict[str, float] = field(default_factory=dict)
+    inputs: Tensor | None = field(default=None, repr=False)
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None
+    layer: str | None = None
+    methods: list[str] = field(default_factory=list)
+    smoothing: list[tuple[str, ...]] = field(default_factory=lambda: [()])
+    speed: SpeedSettings | None = None
+    photos: list[Any] | None = field(default=None, repr=False)
+    names: list[str] | None = None
+    sources: list[str | None] | None = None
+    model: Any = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def class_name(self, index: int) -> str:
+        """The model's name of a class (``"class 21"`` when it has none)."""
+        categories = getattr(self.model, "categories", None)
+        return categories[index] if categories is not None and 0 <= index < len(categories) else f"class {index}"
+
+    def photo(self, i: int) -> Any:
+        """Image ``i`` as a PIL photo: the part of the photo the map covers, or the model input
+        itself (de-normalised) when no photo was given."""
+        from camscope.display import result_photo
+
+        return result_photo(self, i)
+
+    def overlay(self, i: int, method: str, *, rank: int = 0, alpha: float = 0.5, colormap: str = "jet") -> Any:
+        """The map of ``method`` (a variant name) for image ``i`` over its photo, as a PIL image."""
+        from camscope.render import overlay
+
+        return overlay(self.photo(i), self.maps[method][i, rank].numpy(), alpha=alpha, colormap=colormap)
+
+    def figure(
+        self, i: int | None = None, methods: Sequence[str] | None = None, *, rank: int = 0,
+        alpha: float = 0.5, colormap: str = "jet",
+    ) -> Any:
+        """The comparison figure the CLI writes, for image ``i`` (default: the first), as a
+        matplotlib ``Figure``; ``methods`` limits it to some methods."""
+        from camscope.display import result_figure
+
+        return result_figure(self, 0 if i is None else i, methods, rank=rank, alpha=alpha, colormap=colormap)
+
+    def save(self, out: str | Path, *, alpha: float = 0.5, colormap: str = "jet", figures: bool = True, force: bool = False) -> Path:
+        """Write the run folder the CLI writes (overlays, ``.npy`` maps, figures, predictions,
+        manifest), so that ``camscope report DIR`` works on it; returns the folder."""
+        from camscope.pipeline import save_result
+
+        return save_result(self, out, alpha=alpha, colormap=colormap, figures=figures, force=force)
+
+    def _repr_html_(self) -> str:
+        from camscope.display import result_html
+
+        return result_html(self)
 
 
 class CamEngine:
@@ -141,7 +209,41 @@ class CamEngine:
                 name = variant_name(spec.name, variant.parts)
                 maps[name] = _variant_maps(spec, variant, weighted, tuple(images.shape[-2:])).cpu()
             seconds[spec.name] = time.perf_counter() - t0
-        return CamResult(result_targets.cpu(), probabilities.cpu(), maps, seconds)
+        return CamResult(
+            result_targets.cpu(),
+            probabilities.cpu(),
+            maps,
+            seconds,
+            inputs=images.detach().cpu(),
+            normalization=self.normalization,
+            layer=self.layer,
+            methods=[m.name for m in self.methods],
+            smoothing=[v.parts for v in self.variants],
+            speed=self.runtime.speed,
+        )
+
+
+def concat_results(parts: Sequence[CamResult]) -> CamResult:
+    """One result for the images of several engine calls of the same engine, in order."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    seconds: dict[str, float] = {}
+    for p in parts:
+        for key, value in p.seconds.items():
+            seconds[key] = seconds.get(key, 0.0) + value
+    return CamResult(
+        torch.cat([p.targets for p in parts]),
+        torch.cat([p.probabilities for p in parts]),
+        {name: torch.cat([p.maps[name] for p in parts]) for name in first.maps},
+        seconds,
+        inputs=None if first.inputs is None else torch.cat([p.inputs for p in parts]),
+        normalization=first.normalization,
+        layer=first.layer,
+        methods=first.methods,
+        smoothing=first.smoothing,
+        speed=first.speed,
+    )
 
 
 def _variant_maps(spec: MethodSpec, variant: Smoothing, weighted: Tensor, size: tuple[int, int]) -> Tensor:

@@ -216,6 +216,50 @@ def _unique_names(candidates: list[tuple[str, str, Path]]) -> list[ImageInput]:
     return result
 
 
+# --------------------------------------------------------------------------- in memory
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A decoded photo with its name and, when it came from a file, that file."""
+
+    image: Image.Image
+    name: str
+    source: Path | None = None
+
+
+def collect_photos(images: object) -> list[Photo]:
+    """Photos from what a notebook user has at hand: a path or folder (found as the CLI finds
+    them), a PIL image, an (H,W,3) or (H,W) uint8 array, or a list mixing these. Images given
+    in memory are named ``image<i>.png`` by their position; a file that cannot be decoded is a
+    one-line :class:`ImageLoadError`."""
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    paths = [item for item in items if isinstance(item, (str, Path))]
+    found = find_images(paths) if paths else []  # one search: names unique across roots
+    photos: list[Photo] = []
+    for i, item in enumerate(items):
+        if isinstance(item, (str, Path)):
+            photos.extend(Photo(load_image(f.path), f.rel, f.path) for f in found)  # at the first path
+            found = []
+        elif isinstance(item, Image.Image):
+            photos.append(Photo(item.convert("RGB"), f"image{i}.png"))
+        elif isinstance(item, np.ndarray):
+            if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] == 3)):
+                raise UsageError(
+                    f"image {i}: an array must be (H, W, 3) or (H, W) uint8, not {item.dtype} {item.shape}"
+                )
+            photos.append(Photo(Image.fromarray(item).convert("RGB"), f"image{i}.png"))
+        else:
+            raise UsageError(
+                f"image {i}: expected a path, a folder, a PIL image or a uint8 array, not {type(item).__name__}"
+            )
+    names = [p.name for p in photos]
+    if len(set(names)) != len(names):  # a file named like an in-memory image
+        photos = [Photo(p.image, f"{i}-{p.name}" if names.count(p.name) > 1 else p.name, p.source)
+                  for i, p in enumerate(photos)]
+    return photos
+
+
 # --------------------------------------------------------------------------- load_image
 
 

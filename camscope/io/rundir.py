@@ -40,6 +40,8 @@ __all__ = [
     "SUMMARY_JSON",
     "ASSETS",
     "RANDOM_WEIGHTS",
+    "PYTHON_MODEL",
+    "is_random_weights",
     "variant_name",
     "parse_variant",
     "smoothing_label",
@@ -68,8 +70,15 @@ ASSETS = "report_assets"
 COMPLETE = "complete"
 RANDOM_WEIGHTS = "random (no weights)"
 """The ``weights`` setting of a model without trained weights."""
+PYTHON_MODEL = "given as a Python object"
+"""The ``weights`` setting of a model passed from Python (it cannot be rebuilt by name)."""
 
 _WRITE_PROBE = ".camscope-write-test"
+
+
+def is_random_weights(weights: str) -> bool:
+    """Whether a ``weights`` description says the model had no trained weights."""
+    return weights.startswith("random")
 _SEP = "+"
 
 
@@ -254,7 +263,7 @@ class RunSettings:
     @property
     def random_weights(self) -> bool:
         """Whether the model had no trained weights (its maps say nothing about a trained model)."""
-        return self.weights.startswith("random")
+        return is_random_weights(self.weights)
 
     @property
     def variants(self) -> list[tuple[str, ...]]:

@@ -8,9 +8,9 @@ from PIL import Image
 
 from camscope.metrics import Box, boxes_to_mask
 from camscope.models import Preprocess
-from camscope.report.evaluate import boxes_to_input_frame, map_properties
-from camscope.report.findings import best_variant, image_findings, run_findings
-from camscope.report.summary import metric_rows, summarize
+from camscope.reporting.evaluate import boxes_to_input_frame, map_properties
+from camscope.reporting.findings import best_variant, image_findings, run_findings
+from camscope.reporting.summary import metric_rows, summarize
 
 
 def _v(method: str, smoothing: str = "", **kw: object) -> dict:

@@ -30,7 +30,7 @@ from torch import nn
 from camscope.cli import main
 from camscope.models import LoadedModel, Preprocess
 from camscope.pipeline import ExplainOptions, run_explain
-from camscope.report import build_report, report_after_explain
+from camscope.reporting import build_report, report_after_explain
 
 SPECIAL_DIR = '<script>alert("x")<'
 SPECIAL_FILE = "script> & 'q'.png"

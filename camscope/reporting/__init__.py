@@ -6,11 +6,11 @@ them, ``build_report`` does both; ``findings`` turns numbers into sentences.
 
 from __future__ import annotations
 
-from camscope.report.build import build_report, check_report_options, report_after_explain
-from camscope.report.evaluate import DEFAULT_STEPS, EvaluationResult, evaluate_run
-from camscope.report.findings import image_findings, run_findings
-from camscope.report.html import ReportFiles, write_report
-from camscope.report.summary import metric_rows, summarize
+from camscope.reporting.build import build_report, check_report_options, report_after_explain
+from camscope.reporting.evaluate import DEFAULT_STEPS, EvaluationResult, evaluate_run
+from camscope.reporting.findings import image_findings, run_findings
+from camscope.reporting.html import ReportFiles, write_report
+from camscope.reporting.summary import metric_rows, summarize
 
 __all__ = [
     "DEFAULT_STEPS",

@@ -40,9 +40,9 @@ from camscope.io.rundir import (
     smoothing_label,
     variant_name,
 )
-from camscope.report.evaluate import load_image_metrics
-from camscope.report.findings import best_variant, image_findings, run_findings
-from camscope.report.summary import (
+from camscope.reporting.evaluate import load_image_metrics
+from camscope.reporting.findings import best_variant, image_findings, run_findings
+from camscope.reporting.summary import (
     CSV_COLUMNS,
     METRICS,
     RANKING_METRICS,
@@ -530,7 +530,7 @@ def write_report(
     """
     from camscope.io.atomic import atomic_write_text
     from camscope.models import preprocess_from_description
-    from camscope.report import plots as P
+    from camscope.reporting import plots as P
 
     out = Path(out_dir)
     manifest = RunDir(out).load()

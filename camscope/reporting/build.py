@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from camscope.errors import UsageError
-from camscope.report.evaluate import DEFAULT_STEPS, EvaluationResult, evaluate_run
-from camscope.report.html import ReportFiles, write_report
+from camscope.reporting.evaluate import DEFAULT_STEPS, EvaluationResult, evaluate_run
+from camscope.reporting.html import ReportFiles, write_report
 
 __all__ = ["check_report_options", "build_report", "report_after_explain"]
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from camscope.io.rundir import parse_variant
-from camscope.report.findings import as_float, gap
+from camscope.reporting.findings import as_float, gap
 
 __all__ = ["METRICS", "RANKING_METRICS", "CSV_COLUMNS", "metric_rows", "summarize"]
 

@@ -334,8 +334,8 @@ def evaluate_run(
     """Measure every complete photo of the explain run in ``out_dir``; write ``DIR/metrics/``.
 
     Args:
-        model: a :class:`camscope.models.LoadedModel` to use (e.g. the one ``explain`` just
-            used); by default the model is rebuilt from the manifest with
+        model: a :class:`camscope.models.LoadedModel` or ``nn.Module`` to use (e.g. the one
+            ``explain`` just used, or one that cannot be rebuilt by name); by default the model is rebuilt from the manifest with
             :func:`camscope.models.load_from_settings` — only if something must be computed.
         weights_file: local weights overriding the manifest's when rebuilding the model.
         boxes: ground truth (CSV, ImageNet/VOC XML file or folder; see
@@ -353,7 +353,7 @@ def evaluate_run(
 
     from camscope.io.atomic import atomic_write_text
     from camscope.metrics import load_boxes
-    from camscope.models import preprocess_from_description
+    from camscope.models import LoadedModel, preprocess_from_description
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -364,6 +364,8 @@ def evaluate_run(
     settings = manifest.settings
     preprocess = preprocess_from_description(settings.preprocess)
     table = load_boxes(boxes) if isinstance(boxes, (str, Path)) else boxes
+    if model is not None and not isinstance(model, LoadedModel):  # any nn.Module
+        model = LoadedModel(model, settings.model, settings.weights, None, preprocess)
     provider = _Model(model, settings, weights_file, device, trust_checkpoint, progress)
     variants = list(manifest.outputs)
     result = EvaluationResult(out)
@@ -456,9 +458,10 @@ def _evaluate_image(
         if not image_tensor:
             from camscope.io.images import load_image
 
+            device = provider.device  # a model that cannot be built stops the report: one line
             try:
                 photo = load_image(rec.source)
-                image_tensor.append(preprocess.to_tensor(photo).to(provider.device))
+                image_tensor.append(preprocess.to_tensor(photo).to(device))
             except (CamscopeError, TypeError) as exc:
                 problems.append(f"source photo unavailable for faithfulness metrics ({exc})")
                 image_tensor.append(None)
