@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["colorize", "overlay", "Panel", "comparison_figure", "figure_png", "png_bytes", "resize_map"]
+__all__ = ["colorize", "overlay", "Panel", "comparison_figure", "new_figure", "figure_png", "png_bytes", "resize_map"]
 
 
 def colorize(saliency: np.ndarray, colormap: str = "jet") -> np.ndarray:
@@ -80,16 +81,11 @@ def comparison_figure(
 ) -> Any:
     """A matplotlib ``Figure``: one row per smoothing variant, the photo first, then one panel
     per method. (Not attached to pyplot: display it in a notebook, or ``figure_png`` it.)"""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
     photo = _limit(photo.convert("RGB"), 448)
     n_cols = 1 + max(len(r) for r in rows)
     aspect = min(max(photo.height / photo.width, 0.4), 2.5)
     row_inches = panel_inches * aspect + 0.45  # room for two-line titles
-    fig = Figure(figsize=(panel_inches * n_cols, row_inches * len(rows) + (0.4 if suptitle else 0.0)))
+    fig = new_figure(figsize=(panel_inches * n_cols, row_inches * len(rows) + (0.4 if suptitle else 0.0)))
     axes = fig.subplots(len(rows), n_cols, squeeze=False)
     for r, row in enumerate(rows):
         ax = axes[r][0]
@@ -111,6 +107,25 @@ def comparison_figure(
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+@functools.cache
+def _figure_class() -> type:
+    from matplotlib.figure import Figure
+
+    class ShownFigure(Figure):
+        """A matplotlib figure that a notebook shows as PNG, whatever pyplot's backend is."""
+
+        def _repr_png_(self) -> bytes:
+            return figure_png(self)
+
+    return ShownFigure
+
+
+def new_figure(**kwargs: Any) -> Any:
+    """A matplotlib ``Figure`` outside pyplot (its backend and state are never touched: safe in
+    a notebook and in threads), drawn with Agg when saved, shown as PNG in a notebook."""
+    return _figure_class()(**kwargs)
 
 
 def figure_png(fig: Any, dpi: int = 100) -> bytes:

@@ -210,10 +210,7 @@ class SanityResult:
 def plot_sanity(result: SanityResult) -> bytes:
     """PNG bytes: similarity to the original maps vs. randomisation depth, one line per method,
     rank correlation and SSIM side by side (as Fig. 2 of Adebayo et al. 2018)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    from camscope.render import new_figure
 
     labels = ["original", *result.steps]
     x = np.arange(len(labels))
@@ -221,7 +218,7 @@ def plot_sanity(result: SanityResult) -> bytes:
     legend_rows = math.ceil((len(result.methods) + 1) / ncol)
     legend_h = 0.25 * legend_rows + 0.2
     width = max(8.0, 0.55 * len(labels) * 2 + 2)
-    fig = Figure(figsize=(width, 4.2 + legend_h), dpi=100)
+    fig = new_figure(figsize=(width, 4.2 + legend_h), dpi=100)
     axes = fig.subplots(1, 2, sharey=True)
     panels = (("spearman", "Rank correlation (Spearman)"), ("ssim", "SSIM"))
     for ax, (metric, title) in zip(axes, panels, strict=True):

@@ -230,9 +230,12 @@ class Photo:
 
 def collect_photos(images: object) -> list[Photo]:
     """Photos from what a notebook user has at hand: a path or folder (found as the CLI finds
-    them), a PIL image, an (H,W,3) or (H,W) uint8 array, or a list mixing these. Images given
-    in memory are named ``image<i>.png`` by their position; a file that cannot be decoded is a
-    one-line :class:`ImageLoadError`."""
+    them), a PIL image, an (H,W,3) or (H,W) uint8 array, a list mixing these, or a dict naming
+    them. Images given in memory are named ``image<i>.png`` by their position (or by their
+    key); a file that cannot be decoded is a one-line :class:`ImageLoadError`."""
+    if isinstance(images, dict):  # name -> image
+        named = [(str(name), collect_photos([image])) for name, image in images.items()]
+        return [Photo(p.image, name if len(ps) == 1 else f"{name}/{p.name}", p.source) for name, ps in named for p in ps]
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     paths = [item for item in items if isinstance(item, (str, Path))]
     found = find_images(paths) if paths else []  # one search: names unique across roots

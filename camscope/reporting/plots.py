@@ -13,12 +13,9 @@ __all__ = ["curves_png", "mean_curves_png", "metric_bars_png"]
 
 
 def _figure(w: float, h: float) -> Any:
-    import matplotlib
+    from camscope.render import new_figure
 
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(w, h), dpi=100)
+    return new_figure(figsize=(w, h), dpi=100)
 
 
 def _png(fig: Any) -> bytes:
