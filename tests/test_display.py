@@ -55,6 +55,9 @@ def test_explain_takes_paths_folders_pil_and_arrays(tiny_cnn, folder: Path) -> N
     one = camscope.explain(tiny_cnn, Image.fromarray(arr), layer="features", methods=["gradcam"], preprocess=PRE)
     torch.testing.assert_close(res.maps["gradcam"][:1], one.maps["gradcam"])
     torch.testing.assert_close(res.inputs[0], PRE.to_tensor(Image.fromarray(arr)))
+    named = camscope.explain(tiny_cnn, {"cat": arr, "pets": str(folder)}, layer="features", methods=["gradcam"], preprocess=PRE)
+    assert named.names == ["cat", "pets/<script>x.png", "pets/a.jpg", "pets/b.png"]
+    torch.testing.assert_close(named.maps["gradcam"][:1], one.maps["gradcam"])
     with pytest.raises(UsageError, match=r"image 0: an array must be \(H, W, 3\) or \(H, W\) uint8, not float32"):
         camscope.explain(tiny_cnn, arr.astype(np.float32), layer="features", methods=["gradcam"])
     with pytest.raises(UsageError, match="image 1: expected a path, a folder, a PIL image or a uint8 array, not int"):
