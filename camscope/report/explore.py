@@ -57,6 +57,8 @@ __all__ = [
     "json_for_script",
     "explorer_data",
     "render_explorer",
+    "is_random_weights",
+    "weights_banner",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ LOW_AGREEMENT = DISAGREE_SPEARMAN
 findings' "disagrees" threshold)."""
 DATA_ID = "camscope-data"
 MOUNT_ID = "camscope-explorer"
+RANDOM_WEIGHTS_WARNING = "random weights: these maps say nothing about a trained model"
 
 
 @cache
@@ -238,3 +241,20 @@ def render_explorer(data: Mapping[str, Any]) -> ExplorerHTML:
     )
     return ExplorerHTML(csp=csp, css=_asset("explore.css"), mount=mount, scripts=scripts)
 
+
+def is_random_weights(weights: Any) -> bool:
+    """Whether a run's ``settings.weights`` says the model had random weights."""
+    return isinstance(weights, str) and weights.strip().lower().startswith("random")
+
+
+def weights_banner(weights: Any) -> str:
+    """A warning banner (static HTML) for a run with random weights; empty otherwise."""
+    if not is_random_weights(weights):
+        return ""
+    import html
+
+    return (
+        '<p class="banner" id="weights-warning"><strong>'
+        f"{html.escape(RANDOM_WEIGHTS_WARNING[:1].upper() + RANDOM_WEIGHTS_WARNING[1:])}</strong> "
+        f"(the run's weights: {html.escape(weights, quote=True)}).</p>"
+    )

@@ -628,7 +628,7 @@ def write_report(
     atomic_write_text(out / SUMMARY_JSON, json.dumps(_clean(doc), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
     # ---- report.html -----------------------------------------------------------------------
-    from camscope.report.explore import explorer_data, render_explorer
+    from camscope.report.explore import explorer_data, render_explorer, weights_banner
 
     settings = manifest["settings"]
     map_files = {}
@@ -651,6 +651,7 @@ def write_report(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>camscope report: {_e(out.resolve().name)}</title><style>{CSS}{explorer.css}</style></head>",
         '<body id="top"><header><h1>camscope report</h1>',
+        weights_banner(settings.get("weights")),
         _run_info(manifest, recs, out.resolve()),
         "</header><main>",
         _summary_section(summary, findings, images, summary_plots),
