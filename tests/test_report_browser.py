@@ -262,8 +262,9 @@ FLAGS = (
 
 
 def _binary(env: str, names: tuple[str, ...]) -> str | None:
+    """The executable named by ``env``, else the first of ``names`` on PATH (None: not found)."""
     if os.environ.get(env):
-        return os.environ[env]
+        return shutil.which(os.environ[env])
     return next((p for p in map(shutil.which, names) if p), None)
 
 
