@@ -258,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "scale.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     lk, em = res["linked"], res["embed"]
-    print(f"{args.n} photos x 4 maps ({res['source']}); report built in {res['build_seconds']} s "
-          f"(explain + metrics + linked report), --embed rewrite {res['embed_write_seconds']} s\n")
+    built = "run and metrics reused" if build_s is None else f"built in {res['build_seconds']} s (explain + metrics + linked report)"
+    print(f"{args.n} photos x 4 maps ({res['source']}); {built}; --embed rewrite {res['embed_write_seconds']} s\n")
     print("| mode | report.html | of which explorer data | with linked files | loaded by the load event "
           "| DOMContentLoaded | load | explorer ready |")
     print("|---|---|---|---|---|---|---|---|")
