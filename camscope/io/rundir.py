@@ -45,6 +45,7 @@ __all__ = [
     "variant_name",
     "parse_variant",
     "smoothing_label",
+    "smoothing_parts",
     "output_stems",
     "target_stem",
     "ClassScore",
@@ -101,6 +102,11 @@ def parse_variant(name: str) -> tuple[str, tuple[str, ...]]:
 def smoothing_label(smoothing: Sequence[str]) -> str:
     """``("eigen", "aug")`` -> ``"eigen+aug"`` (``""`` for the plain variant)."""
     return _SEP.join(smoothing)
+
+
+def smoothing_parts(label: str) -> tuple[str, ...]:
+    """Inverse of :func:`smoothing_label`: ``"eigen+aug"`` -> ``("eigen", "aug")``."""
+    return tuple(label.split(_SEP)) if label else ()
 
 
 def output_stems(rels: Sequence[str]) -> dict[str, str]:
@@ -268,7 +274,7 @@ class RunSettings:
     @property
     def variants(self) -> list[tuple[str, ...]]:
         """Smoothing variants, plain first."""
-        return [(), *(tuple(s.split(_SEP)) for s in self.smoothing)]
+        return [(), *(smoothing_parts(s) for s in self.smoothing)]
 
     def to_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

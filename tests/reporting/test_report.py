@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import camscope.reporting
 from camscope.cli import main
 from camscope.models import LoadedModel, Preprocess
 from camscope.pipeline import ExplainOptions, run_explain
@@ -152,7 +153,13 @@ def test_outputs_are_consistent(run_dir: Path) -> None:
 
 def test_html_escapes_user_strings(run_dir: Path) -> None:
     page = (run_dir / "report.html").read_text(encoding="utf-8")
-    assert "<script" not in page.lower()  # no JavaScript at all, and nothing injected
+    # Two script elements only, the explorer's data (JSON, every '<' escaped) and its code
+    # (the package's own file); outside them no script and nothing injected.
+    blocks = re.findall(r"<script\b([^>]*)>(.*?)</script>", page, re.S | re.I)
+    assert [attrs for attrs, _ in blocks] == [' type="application/json" id="camscope-data"', ""]
+    assert "<" not in blocks[0][1] and SPECIAL_REL in [p["rel"] for p in json.loads(blocks[0][1])["photos"]]
+    assert blocks[1][1] == (Path(camscope.reporting.__file__).parent / "assets" / "explore.js").read_text(encoding="utf-8")
+    assert "<script" not in re.sub(r"<script\b[^>]*>.*?</script>", "", page, flags=re.S | re.I).lower()
     assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#x27;q&#x27;.png" in page
     assert "fox &amp; &quot;hen&quot;" in page
@@ -209,6 +216,10 @@ window.addEventListener('unhandledrejection', function (e) { window.__errs.push(
 ['error', 'warn'].forEach(function (level) {
   var orig = console[level];
   console[level] = function () { window.__errs.push('console.' + level + ': ' + Array.prototype.join.call(arguments, ' ')); return orig.apply(console, arguments); };
+});
+document.addEventListener('DOMContentLoaded', function () {
+  // Images load lazily; load them all now, so that the load event waits for every one.
+  Array.prototype.forEach.call(document.images, function (i) { i.loading = 'eager'; });
 });
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
@@ -301,6 +312,8 @@ def test_report_opens_in_headless_chromium(run_dir: Path, tmp_path: Path) -> Non
         seen = _probe(binary, tmp_path / "profile0", bad, f"{base}/bad/report.probe.html")
         assert seen["broken"] == ["missing%20x.png"] and len(seen["errors"]) == 2 and seen["console"]
         seen = _probe(binary, tmp_path / "profile1", out / "report.html", f"{base}/report.probe.html")
+        # The explorer adds a thumbnail per photo and the photo it shows.
+        n_img += 3 + 1
         assert seen == {"images": n_img, "broken": [], "errors": [], "console": []}
         shot = tmp_path / "report.png"
         res = _chromium_run(
