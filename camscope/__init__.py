@@ -75,6 +75,7 @@ def explain(
     progress: bool = False,
     compile: bool = False,
     freeze: bool | None = None,
+    reshape: str = "auto",
 ) -> CamResult:
     """Class activation maps of any ``nn.Module`` classifier for one or more images.
 
@@ -89,6 +90,9 @@ def explain(
         smoothing: ``"eigen"``, ``"aug"``, ``"eigen,aug"`` or a list of such variants.
         precision, batch_size, compile, freeze: speed settings of Score-/Ablation-CAM (see
             :class:`~camscope.core.engine.CamEngine`).
+        reshape: how the layer's output becomes a (B, C, h, w) map: ``"auto"`` (default:
+            transformer tokens and channels-last maps are detected), ``"none"``, ``"nhwc"``,
+            ``"tokens:HxW[:skip=T]"`` (see :mod:`camscope.core.reshape`).
     Returns:
         a :class:`~camscope.core.engine.CamResult`; ``maps[name]`` is (B,k,H,W) in [0,1].
     """
@@ -114,6 +118,7 @@ def explain(
         progress=progress,
         compile=compile,
         freeze=freeze,
+        reshape=reshape,
     )
 
 
