@@ -18,14 +18,18 @@ logger = logging.getLogger("camscope")
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="resnet50", help="torchvision classification model (default: resnet50)")
+    g.add_argument("--model", default="resnet50",
+                   help="torchvision classifier (resnet50, vit_b_16, swin_t, ...; `camscope models`), "
+                   "timm/NAME (camscope[timm]), hf/ORG/NAME or hf/FOLDER (Hugging Face, camscope[hf]), "
+                   "or package.module:callable returning an nn.Module (default: resnet50)")
     g.add_argument(
         "--weights-tag",
         default="IMAGENET1K_V1",
         help="entry of the model's torchvision weights enum (IMAGENET1K_V1, DEFAULT, ...) or 'none' "
         "for random weights (default: IMAGENET1K_V1)",
     )
-    g.add_argument("--weights", dest="weights_file", metavar="FILE", help="local state dict (loaded with weights_only=True)")
+    g.add_argument("--weights", dest="weights_file", metavar="FILE",
+                   help="local state dict: .safetensors, or .pt/.pth loaded with weights_only=True")
     g.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that needs arbitrary unpickling (runs its code!)")
     g.add_argument("--labels", metavar="FILE", help="class names: one per line, or JSON")
     g.add_argument("--layer", help="target layer as a dotted module path, e.g. layer4.2 (default: per architecture)")
@@ -33,6 +37,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="classic: resize to 224x224, map covers the whole photo; weights: the weights' "
                    "resize + centre crop, map covers the crop (default: classic)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    g.add_argument("--reshape", default="auto", metavar="SPEC",
+                   help="how the layer's output becomes a (N, C, h, w) map: auto (default: transformer "
+                   "tokens and channels-last maps detected), none, nhwc, tokens:HxW[:skip=T]")
+    g.add_argument("--input-size", metavar="N|HxW",
+                   help="model input size (default: from the model's weights/config, else 224)")
+    g.add_argument("--mean", metavar="R,G,B", help="normalisation mean (default: from the model, else ImageNet's)")
+    g.add_argument("--std", metavar="R,G,B", help="normalisation std (default: from the model, else ImageNet's)")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="Hugging Face models only: allow the model repository's own Python code to run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     me = sub.add_parser("methods", help="list the registered CAM methods")
     me.add_argument("--markdown", action="store_true", help="print the README's method table")
     me.set_defaults(func=_cmd_methods)
-    mo = sub.add_parser("models", help="list torchvision classification models")
+    mo = sub.add_parser("models", help="list the classifiers --model takes: torchvision's, and timm's when installed")
+    mo.add_argument("pattern", nargs="?", help="only names matching this pattern, e.g. 'vit_*'")
+    mo.add_argument("--source", choices=("all", "torchvision", "timm"), default="all",
+                    help="torchvision, timm (as timm/NAME; needs camscope[timm]) or all (default)")
     mo.set_defaults(func=_cmd_models)
 
     from camscope.extra_commands import add_extra_commands
@@ -169,6 +185,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         force=args.force,
         fail_fast=args.fail_fast,
         trust_checkpoint=args.trust_checkpoint,
+        reshape=args.reshape,
+        input_size=args.input_size,
+        mean=args.mean,
+        std=args.std,
+        trust_remote_code=args.trust_remote_code,
     )
     from camscope.report.commands import check_report_options, report_after_explain
 
@@ -277,9 +298,9 @@ def methods_markdown() -> str:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from camscope.models import classification_models
+    from camscope.models import list_models
 
-    sys.stdout.write("\n".join(classification_models()) + "\n")
+    sys.stdout.write("\n".join(list_models(args.source, args.pattern)) + "\n")
     return 0
 
 

@@ -98,6 +98,9 @@ def add_extra_commands(subparsers: Any) -> None:
         "energy inside the object vs. the object's area. Works offline.",
     )
     bs.add_argument("--n-scenes", type=int, default=200, help="held-out scenes (default 200)")
+    bs.add_argument("--model", dest="synthetic_model", choices=("cnn", "vit"), default="cnn",
+                    help="the small CNN (default) or the small vision transformer, trained on the scenes")
+    bs.add_argument("--layer", help="target layer (default: the model's: features / the last block's ln_1)")
     bs.add_argument("--methods", default="all", help=f"comma-separated, or 'all' (default; {names})")
     bs.add_argument(
         "--smooth",
@@ -182,6 +185,10 @@ def cmd_sanity(args: argparse.Namespace) -> int:
             device=device,
             trust_checkpoint=args.trust_checkpoint,
             progress=not args.quiet,
+            input_size=args.input_size,
+            mean=args.mean,
+            std=args.std,
+            trust_remote_code=args.trust_remote_code,
         )
         if loaded.weights.startswith("random"):
             logger.warning(
@@ -202,6 +209,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
         batch_size=args.batch_size,
+        reshape=args.reshape,
     )
     result.info = info
     paths = result.save(args.out)
@@ -226,6 +234,8 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
         device=pick_device(args.device),
         progress=not args.quiet,
         batch_size=args.batch_size,
+        model_kind=args.synthetic_model,
+        layer=args.layer,
     )
     sys.stdout.write(table.to_markdown() if args.markdown else table.to_text())
     if args.out:

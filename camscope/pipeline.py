@@ -64,6 +64,11 @@ class ExplainOptions:
     force: bool = False
     fail_fast: bool = False
     trust_checkpoint: bool = False
+    reshape: str = "auto"
+    input_size: str | None = None
+    mean: str | None = None
+    std: str | None = None
+    trust_remote_code: bool = False
 
 
 @dataclass
@@ -80,8 +85,13 @@ class RunResult:
         return 1 if self.failed else 0
 
 
-def _settings(opts: ExplainOptions, loaded: Any, layer: str, methods: list[str], variants: list) -> dict:
-    """The settings that determine the outputs; a resumed run must match them."""
+def _settings(
+    opts: ExplainOptions, loaded: Any, layer: str, methods: list[str], variants: list, reshape: str = "none"
+) -> dict:
+    """The settings that determine the outputs; a resumed run must match them. ``reshape`` (how
+    the layer's output became a map, e.g. ``tokens:14x14:skip=1``) is recorded unless the output
+    already was a (N, C, h, w) map, so runs of CNNs keep their settings."""
+    extra = {} if reshape == "none" else {"reshape": reshape}
     return {
         "model": loaded.name,
         "weights": loaded.weights,
@@ -94,6 +104,7 @@ def _settings(opts: ExplainOptions, loaded: Any, layer: str, methods: list[str],
         "precision": opts.precision,
         "colormap": opts.colormap,
         "alpha": opts.alpha,
+        **extra,
     }
 
 
@@ -139,12 +150,13 @@ def _make_out_dir(out: Path) -> None:
         raise UsageError(f"--out {out}: output directory is not writable ({exc.strerror or exc})") from None
 
 
-def _check_layer(loaded: Any, layer: str) -> None:
-    """An explicit ``--layer`` must exist and output a 4-D feature map with more than 1x1 cells."""
+def _check_layer(loaded: Any, layer: str, reshape: str = "auto") -> None:
+    """An explicit ``--layer`` must exist and output a feature map (or tokens / a channels-last
+    map that ``--reshape`` turns into one) with more than 1x1 cells."""
     from camscope.core.layers import check_spatial_layer, default_layer
 
     h, w = loaded.preprocess.size
-    shape = check_spatial_layer(loaded.model, layer, (1, 3, h, w))
+    shape = check_spatial_layer(loaded.model, layer, (1, 3, h, w), reshape)
     if shape[2] * shape[3] <= 1:
         try:
             hint = f" such as {default_layer(loaded.model, input_size=(1, 3, h, w))!r}"
@@ -289,11 +301,15 @@ def run_explain(
             device=device,
             trust_checkpoint=opts.trust_checkpoint,
             progress=not opts.quiet,
+            input_size=opts.input_size,
+            mean=opts.mean,
+            std=opts.std,
+            trust_remote_code=opts.trust_remote_code,
         )
     if opts.labels:
         loaded.categories = load_class_names(opts.labels)
     if opts.layer:
-        _check_layer(loaded, opts.layer)
+        _check_layer(loaded, opts.layer, opts.reshape)
     engine = CamEngine(
         loaded.model,
         opts.layer,
@@ -305,7 +321,10 @@ def run_explain(
         progress=not opts.quiet,
         compile=opts.compile,
         freeze=opts.freeze,
+        reshape=opts.reshape,
+        input_size=(1, 3, *loaded.preprocess.size),
     )
+    reshape = engine.resolve_reshape(loaded.preprocess.size).describe()
     num_classes = _num_outputs(loaded, device)
     if loaded.categories is not None and len(loaded.categories) != num_classes:
         raise UsageError(
@@ -314,7 +333,7 @@ def run_explain(
     target = None if opts.target_class is None else class_index(opts.target_class, loaded.categories, num_classes)
     k = 1 if target is not None else min(opts.top_k, num_classes)
 
-    settings = _settings(opts, loaded, engine.layer, methods, variants)
+    settings = _settings(opts, loaded, engine.layer, methods, variants, reshape)
     previous = _read_manifest(out)
     done: dict[str, dict] = {}
     if previous is not None and not opts.force:
