@@ -17,13 +17,15 @@ Spec strings (``--reshape``, ``reshape=``)::
     none                 the output is already (B, C, h, w)
     nhwc                 channels-last (B, h, w, C)
     tokens               (B, N, C) tokens; grid and prefix from the model / the input size
-    tokens:HxW[:skip=T]  tokens on an H x W grid after T prefix tokens (T default: N - H*W)
+    tokens:HxW[:skip=T]  tokens on an H x W grid after T prefix tokens (T default: the model's
+                         prefix count when it declares one, else N - H*W)
 
 ``auto`` reads the grid from the model when it says what it is (patch size and number of prefix
 tokens: torchvision's ``VisionTransformer``, timm's ``patch_embed.patch_size`` and
 ``num_prefix_tokens``, camscope's Hugging Face adapter) and the input size actually used;
-otherwise it looks for the fewest prefix tokens ``t`` that leave a grid of the input's aspect
-ratio (``N - t`` a perfect square for a square input) and warns. A 4-D output is channels-last
+otherwise it looks for the fewest prefix tokens ``t`` (up to :data:`MAX_GUESSED_PREFIX`) that
+leave a grid of the input's aspect ratio (``N - t`` a perfect square for a square input) and
+warns. A 4-D output is channels-last
 when the model declares it (torchvision's and timm's Swin) or when only the channels-last
 reading gives a grid that fits the input (same stride in both directions).
 """
@@ -48,7 +50,7 @@ RESHAPE_HELP = "auto | none | nhwc | tokens | tokens:HxW[:skip=T]"
 KINDS = ("auto", "none", "nhwc", "tokens")
 #: The most prefix tokens ``auto`` considers when the model does not declare them (class +
 #: distillation + register tokens stay well below this).
-MAX_GUESSED_PREFIX = 16
+MAX_GUESSED_PREFIX = 8
 
 _TOKENS = re.compile(r"tokens(?::(?P<h>\d+)x(?P<w>\d+))?(?::skip=(?P<skip>\d+))?")
 
@@ -222,16 +224,17 @@ class Reshape:
     ) -> Reshape:
         n = shape[1]
         big_h, big_w = int(input_size[0]), int(input_size[1])
+        patch, declared = token_layout(model) if model is not None else (None, None)
         if self.grid is not None:  # the user's grid
             h, w = self.grid
-            t = n - h * w if self.skip is None else self.skip
+            t = self.skip if self.skip is not None else (declared if declared is not None else n - h * w)
             if t < 0 or t + h * w != n:
+                said = "" if self.skip is not None or declared is None else " (the model's prefix count)"
                 raise UsageError(
                     f"--reshape {self.describe()}: layer {layer!r} outputs {n} tokens, not "
-                    f"{max(t, 0)} prefix + {h}x{w} = {max(t, 0) + h * w}"
+                    f"{max(t, 0)} prefix{said} + {h}x{w} = {max(t, 0) + h * w}"
                 )
             return Reshape("tokens", (h, w), t, source="user")
-        patch, declared = token_layout(model) if model is not None else (None, None)
         prefix = self.skip if self.skip is not None else declared
         if patch is not None:
             h, w = big_h // patch[0], big_w // patch[1]
@@ -269,15 +272,15 @@ def _cat_prefix(kept: Tensor, tokens: Tensor) -> Tensor:
 
 
 def _grid_for(n: int, big_h: int, big_w: int) -> tuple[int, int] | None:
-    """The (h, w) with h*w == n and the input's aspect ratio; else a square grid; else None."""
-    if n < 1:
+    """The (h, w) with h*w == n and exactly the input's aspect ratio (a perfect square for a
+    square input), at least 2 cells; else None."""
+    if n < 2:
         return None
     h = round(math.sqrt(n * big_h / big_w))
     for hh in (h - 1, h, h + 1):
         if hh >= 1 and n % hh == 0 and hh * big_w == (n // hh) * big_h:
             return hh, n // hh
-    r = math.isqrt(n)
-    return (r, r) if r * r == n else None
+    return None
 
 
 def _plausible(h: int, w: int, big_h: int, big_w: int) -> bool:
