@@ -250,7 +250,11 @@ class Reshape:
             if grid is None:
                 continue
             said = "the model's prefix count" if prefix is not None else "guessed"
-            if not quiet:
+            if quiet:
+                pass
+            elif prefix is not None:  # only the grid is read from the token count: no guess
+                logger.info("layer %r: %d tokens read as %d prefix + a %dx%d grid", layer, n, t, grid[0], grid[1])
+            else:
                 logger.warning(
                     "layer %r: %d tokens read as %d prefix + a %dx%d grid (%s, from the token count "
                     "and the input's %dx%d shape; the model declares no patch size for this layer); "
