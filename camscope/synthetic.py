@@ -33,7 +33,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -403,6 +403,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "camscope" / "synthetic"
 
 
+_TRAIN_PARAMS = inspect.signature(train_small_cnn).parameters
 _KEY_PARAMS = ("seed", "n_train", "epochs", "size", "batch_size", "lr", "guidance")
 
 
@@ -415,7 +416,7 @@ def load_or_train(cache_dir: Path | str | None = None, **kw: object) -> SmallCNN
     retrained and overwritten.
     """
     return cached_model(
-        "smallcnn", VERSION, SmallCNN, train_small_cnn, _KEY_PARAMS, cache_dir, kw
+        "smallcnn", VERSION, SmallCNN, train_small_cnn, _KEY_PARAMS, cache_dir, kw, _TRAIN_PARAMS
     )  # type: ignore[return-value]
 
 
@@ -427,11 +428,12 @@ def cached_model(
     key_params: tuple[str, ...],
     cache_dir: Path | str | None,
     kw: dict[str, object],
+    params_of: Mapping[str, inspect.Parameter],
 ) -> nn.Module:
     """``train(**kw)``'s model, cached as ``<cache_dir>/<prefix>-v<version>-<hash>.pt`` (the hash
-    covers ``version`` and the ``key_params`` of the training arguments); loaded into ``build()``
-    when the file exists and is readable."""
-    params_of = inspect.signature(train).parameters
+    covers ``version`` and the ``key_params`` of the training arguments, whose defaults come from
+    ``params_of``, the trainer's signature); loaded into ``build()`` when the file exists and is
+    readable."""
     defaults = {k: p.default for k, p in params_of.items() if k in key_params}
     unknown = set(kw) - set(params_of)
     if unknown:

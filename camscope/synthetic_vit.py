@@ -28,6 +28,7 @@ whose evidence lies on the object; see ``docs/models.md`` for what the methods r
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from pathlib import Path
@@ -176,4 +177,9 @@ def train_small_vit(
 def load_or_train_vit(cache_dir: Path | str | None = None, **kw: object) -> nn.Module:
     """A trained :func:`small_vit`, from the cache (:func:`camscope.synthetic.default_cache_dir`
     unless ``cache_dir``) or trained by :func:`train_small_vit` (``kw``) and cached."""
-    return S.cached_model("smallvit", VIT_VERSION, small_vit, train_small_vit, _KEY_PARAMS, cache_dir, kw)
+    return S.cached_model(
+        "smallvit", VIT_VERSION, small_vit, train_small_vit, _KEY_PARAMS, cache_dir, kw, _TRAIN_PARAMS
+    )
+
+
+_TRAIN_PARAMS = inspect.signature(train_small_vit).parameters
