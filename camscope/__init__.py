@@ -77,6 +77,7 @@ def explain(
     speed: SpeedSettings | None = None,
     images_per_call: int = 8,
     progress: bool = False,
+    reshape: str = "auto",
 ) -> CamResult:
     """Class activation maps of any classifier for one or more images.
 
@@ -96,6 +97,9 @@ def explain(
         speed: rows per pass, precision and model copy of Score-/Ablation-CAM
             (:class:`~camscope.core.runtime.SpeedSettings`).
         images_per_call: images explained together (memory grows with it).
+        reshape: how the layer's output becomes a (B, C, h, w) map: ``"auto"`` (default:
+            transformer tokens and channels-last maps are detected), ``"none"``, ``"nhwc"``,
+            ``"tokens:HxW[:skip=T]"`` (see :mod:`camscope.core.reshape`).
     Returns:
         a :class:`~camscope.core.engine.CamResult`: ``maps[name]`` is (B,k,H,W) in [0,1]; in a
         notebook it displays as a grid; ``figure(i)``, ``overlay(i, method)``, ``save(DIR)``.
@@ -115,7 +119,7 @@ def explain(
     device = next((p.device for p in loaded.model.parameters()), torch.device("cpu"))
     engine = CamEngine(
         loaded.model, layer, methods=methods, smoothing=smoothing, normalization=pre.normalization,
-        speed=speed, progress=progress,
+        speed=speed, progress=progress, reshape=reshape, input_size=(1, *x.shape[1:]),
     )
     per_image = None if targets is None else [t if isinstance(t, (list, tuple)) else [t] for t in targets]
     parts = []

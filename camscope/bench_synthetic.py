@@ -1,9 +1,11 @@
 """``camscope bench synthetic``: localisation ground truth that works offline, on any machine.
 
-A small CNN (:class:`camscope.synthetic.SmallCNN`) is trained on generated scenes holding one
-shape each (or loaded from the cache), then every CAM method explains the *true* class of
-held-out scenes at :data:`camscope.synthetic.TARGET_LAYER`, and its maps are scored against the
-known object masks:
+A small CNN (:class:`camscope.synthetic.SmallCNN`), or with ``model_kind="vit"`` (``--model
+vit``) a small vision transformer (:func:`camscope.synthetic_vit.small_vit`), is trained on
+generated scenes holding one shape each (or loaded from the cache), then every CAM method
+explains the *true* class of held-out scenes at the model's target layer
+(:data:`camscope.synthetic.TARGET_LAYER`, :data:`camscope.synthetic_vit.VIT_TARGET_LAYER`, or
+``layer``), and its maps are scored against the known object masks:
 
 - **pointing game** (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016
   / IJCV 2018): a hit when the map's maximum lies inside the object mask. Tolerance 0 pixels, not
@@ -206,6 +208,8 @@ def run_synthetic_benchmark(
     speed: SpeedSettings | None = None,
     images_per_batch: int = 50,
     model: torch.nn.Module | None = None,
+    model_kind: str = "cnn",
+    layer: str | None = None,
 ) -> BenchTable:
     """Pointing game and energy-in-mask of every method on held-out synthetic scenes.
 
@@ -221,7 +225,10 @@ def run_synthetic_benchmark(
         images_per_batch: scenes per engine call.
         model: a trained model to measure instead of the cached default
             (:func:`camscope.synthetic.load_or_train` with other training arguments, e.g.
-            ``guidance=0``); it must have a :data:`~camscope.synthetic.TARGET_LAYER` module.
+            ``guidance=0``); it must have the target layer of ``model_kind`` (or ``layer``).
+        model_kind: ``"cnn"`` (SmallCNN) or ``"vit"`` (the small ViT of
+            :mod:`camscope.synthetic_vit`).
+        layer: target layer (default: the model kind's).
 
     Returns:
         A :class:`BenchTable`, rows in method order (plain, then each smoothing variant).
@@ -244,10 +251,22 @@ def run_synthetic_benchmark(
     names = list(dict.fromkeys(get_method(m).name for m in (methods or method_names())))
     device = torch.device(device)
 
-    description = f"SmallCNN v{S.VERSION}"
-    if model is None:
-        model = S.load_or_train(cache_dir, device=device, seed=train_seed, progress=progress)
+    if model_kind not in ("cnn", "vit"):
+        raise UsageError(f"unknown synthetic model {model_kind!r}; choose cnn or vit")
+    model_given = model is not None
+    if model_kind == "vit":
+        from camscope import synthetic_vit as V
+
+        description = f"small ViT v{V.VIT_VERSION}"
+        layer = layer or V.VIT_TARGET_LAYER
+        if model is None:
+            model = V.load_or_train_vit(cache_dir, device=device, seed=train_seed, progress=progress)
     else:
+        description = f"SmallCNN v{S.VERSION}"
+        layer = layer or S.TARGET_LAYER
+        if model is None:
+            model = S.load_or_train(cache_dir, device=device, seed=train_seed, progress=progress)
+    if model_given:
         model = model.to(device)
         description = type(model).__name__ + " (given)"
     scenes = S.make_scenes(n_scenes, seed=seed)
@@ -258,7 +277,7 @@ def run_synthetic_benchmark(
 
     engine = CamEngine(
         model,
-        S.TARGET_LAYER,
+        layer,
         methods=names,
         smoothing=smoothing,
         normalization=(S.SYNTH_MEAN, S.SYNTH_STD),
@@ -316,7 +335,7 @@ def run_synthetic_benchmark(
         rows=rows,
         n_scenes=n_scenes,
         seed=seed,
-        layer=S.TARGET_LAYER,
+        layer=engine.layer,
         accuracy=accuracy,
         model=description,
         seconds=time.perf_counter() - t_start,

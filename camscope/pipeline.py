@@ -76,6 +76,7 @@ class ExplainOptions:
 
     model: ModelSpec | str = field(default_factory=ModelSpec)
     layer: str | None = None
+    reshape: str = "auto"
     methods: Sequence[str] = ("gradcam", "ablationcam", "scorecam")
     smoothing: Sequence[str] = ()
     target_class: str | None = None
@@ -201,6 +202,8 @@ class Explainer:
             normalization=loaded.preprocess.normalization,
             speed=opts.speed,
             progress=not opts.quiet,
+            reshape=opts.reshape,
+            input_size=(1, 3, *loaded.preprocess.size),
         )
         self.target = target
         self.k = k
@@ -385,6 +388,8 @@ def plan_run(inputs: Sequence[str | Path], out: str | Path, opts: ExplainOptions
     """
     from camscope.core.capture import model_state_guard
     from camscope.core.layers import canonical_layer_name, default_layer
+    from camscope.core.reshape import Reshape
+    from camscope.core.tail import split_model
     from camscope.io.images import find_images
     from camscope.methods import get_method
     from camscope.models import class_index, load_class_names, pick_device
@@ -404,9 +409,14 @@ def plan_run(inputs: Sequence[str | Path], out: str | Path, opts: ExplainOptions
     elif opts.model_spec.labels:
         loaded.categories = load_class_names(opts.model_spec.labels)
     if opts.layer:
-        _check_layer(loaded, opts.layer)
+        _check_layer(loaded, opts.layer, opts.reshape)
+    h, w = loaded.preprocess.size
     with model_state_guard(loaded.model), torch.no_grad():
-        layer = canonical_layer_name(loaded.model, opts.layer) if opts.layer else default_layer(loaded.model)
+        if opts.layer:
+            layer = canonical_layer_name(loaded.model, opts.layer)
+        else:
+            layer = default_layer(loaded.model, input_size=(1, 3, h, w))
+        reshape = split_model(loaded.model, layer, reshape=Reshape.parse(opts.reshape)).resolve_reshape((1, 3, h, w))
     num_classes = _num_outputs(loaded, device)
     if loaded.categories is not None and len(loaded.categories) != num_classes:
         raise UsageError(
@@ -427,6 +437,7 @@ def plan_run(inputs: Sequence[str | Path], out: str | Path, opts: ExplainOptions
         precision=opts.speed.precision,
         colormap=opts.colormap,
         alpha=opts.alpha,
+        reshape=_recorded_reshape(reshape),
     )
     previous = None if opts.force else rundir.read_manifest(hint="use --force or another --out")
     done: dict[str, ImageRecord] = {}
@@ -622,12 +633,20 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _check_layer(loaded: Any, layer: str) -> None:
-    """An explicit ``--layer`` must exist and output a 4-D feature map with more than 1x1 cells."""
+def _recorded_reshape(reshape: Any) -> str | None:
+    """How the layer's output became a map, for the settings: None when it already was a
+    (N, C, h, w) map (so runs of CNNs keep their settings and resume)."""
+    described = reshape.describe()
+    return None if described == "none" else described
+
+
+def _check_layer(loaded: Any, layer: str, reshape: str = "auto") -> None:
+    """An explicit ``--layer`` must exist and output a feature map (or tokens / a channels-last
+    map that ``--reshape`` turns into one) with more than 1x1 cells."""
     from camscope.core.layers import check_spatial_layer, default_layer
 
     h, w = loaded.preprocess.size
-    shape = check_spatial_layer(loaded.model, layer, (1, 3, h, w))
+    shape = check_spatial_layer(loaded.model, layer, (1, 3, h, w), reshape)
     if shape[2] * shape[3] <= 1:
         try:
             hint = f" such as {default_layer(loaded.model, input_size=(1, 3, h, w))!r}"

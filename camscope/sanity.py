@@ -255,11 +255,15 @@ def plot_sanity(result: SanityResult) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
-def _default_factory(speed: SpeedSettings | None) -> EngineFactory:
+def _default_factory(
+    speed: SpeedSettings | None, reshape: str = "auto", input_size: Sequence[int] | None = None
+) -> EngineFactory:
     from camscope.core.engine import CamEngine
 
     def make(model: nn.Module, layer: str | None, methods: Sequence[str]) -> _Engine:
-        return CamEngine(model, layer, methods=list(methods), speed=speed)
+        return CamEngine(
+            model, layer, methods=list(methods), speed=speed, reshape=reshape, input_size=input_size
+        )
 
     return make
 
@@ -347,6 +351,7 @@ def run_sanity(
     threshold: float = THRESHOLD,
     images_per_batch: int = 8,
     engine_factory: EngineFactory | None = None,
+    reshape: str = "auto",
 ) -> SanityResult:
     """Model-parameter randomisation test (Adebayo et al. 2018, NeurIPS) for CAM methods.
 
@@ -364,6 +369,7 @@ def run_sanity(
         images_per_batch: images per engine call.
         engine_factory: ``factory(model, layer, methods) -> engine`` replacing
             :class:`~camscope.core.engine.CamEngine` (tests, custom explainers).
+        reshape: how the layer's output becomes a map (``CamEngine``'s ``reshape``).
 
     Returns:
         A :class:`SanityResult`: per method and step the mean Spearman rank correlation (plain
@@ -385,7 +391,7 @@ def run_sanity(
     if engine_factory is None:
         names = list(dict.fromkeys(get_method(m).name for m in methods))
         titles = {m: get_method(m).title for m in names}
-        factory = _default_factory(speed)
+        factory = _default_factory(speed, reshape, (1, *images.shape[1:]))
     else:
         names = list(dict.fromkeys(methods))
         titles = {m: m for m in names}

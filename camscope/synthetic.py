@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -402,27 +403,46 @@ def load_or_train(cache_dir: Path | str | None = None, **kw: object) -> SmallCNN
     atomic (temp file in the same directory, then ``os.replace``); an unreadable cache entry is
     retrained and overwritten.
     """
-    defaults = {k: p.default for k, p in _TRAIN_PARAMS.items() if k in _KEY_PARAMS}
-    unknown = set(kw) - set(_TRAIN_PARAMS)
+    return cached_model(
+        "smallcnn", VERSION, SmallCNN, train_small_cnn, _KEY_PARAMS, cache_dir, kw, _TRAIN_PARAMS
+    )  # type: ignore[return-value]
+
+
+def cached_model(
+    prefix: str,
+    version: str,
+    build: Callable[[], nn.Module],
+    train: Callable[..., nn.Module],
+    key_params: tuple[str, ...],
+    cache_dir: Path | str | None,
+    kw: dict[str, object],
+    params_of: Mapping[str, inspect.Parameter],
+) -> nn.Module:
+    """``train(**kw)``'s model, cached as ``<cache_dir>/<prefix>-v<version>-<hash>.pt`` (the hash
+    covers ``version`` and the ``key_params`` of the training arguments, whose defaults come from
+    ``params_of``, the trainer's signature); loaded into ``build()`` when the file exists and is
+    readable."""
+    defaults = {k: p.default for k, p in params_of.items() if k in key_params}
+    unknown = set(kw) - set(params_of)
     if unknown:
         raise TypeError(f"unexpected training arguments: {sorted(unknown)}")
-    params = {k: kw.get(k, defaults[k]) for k in _KEY_PARAMS}
-    blob = json.dumps({"version": VERSION, **params}, sort_keys=True, default=str)
+    params = {k: kw.get(k, defaults[k]) for k in key_params}
+    blob = json.dumps({"version": version, **params}, sort_keys=True, default=str)
     key = hashlib.sha256(blob.encode()).hexdigest()[:16]
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = directory / f"smallcnn-v{VERSION}-{key}.pt"
+    path = directory / f"{prefix}-v{version}-{key}.pt"
     device = torch.device(str(kw.get("device", "cpu")))
 
     if path.is_file():
         try:
             state = torch.load(path, map_location=device, weights_only=True)
-            model = SmallCNN().to(device)
+            model = build().to(device)
             model.load_state_dict(state)
             return model.eval()
         except Exception as exc:  # corrupt or incompatible entry: retrain below
             logger.warning("ignoring unreadable cache entry %s: %s", path, exc)
 
-    model = train_small_cnn(**kw)  # type: ignore[arg-type]
+    model = train(**kw)
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=directory)
     try:

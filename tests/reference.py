@@ -20,6 +20,12 @@ variant: the first principal component instead of the channel sum, sign chosen t
 positively with the channel sum), computed here without ``camscope.core.postprocess``.
 
 A module called several times per forward is taken at its **last** call (as ``split_model``).
+
+``reshape`` (a spec string or :class:`~camscope.core.reshape.Reshape`; default: the output is
+already (B, K, h, w)) handles transformer tokens and channels-last outputs, written out here
+without ``Reshape.to_maps`` / ``to_layer``: patch tokens ``out[:, t:]`` in row-major order are
+the map's positions, the prefix tokens are left as they are; Ablation-CAM zeroes feature ``k``
+of every patch token in the layer's own layout.
 """
 
 from __future__ import annotations
@@ -89,14 +95,62 @@ def _layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
     return model.get_submodule(layer) if isinstance(layer, str) else layer
 
 
-def layer_activations(model: nn.Module, layer: str | nn.Module, x: Tensor) -> Tensor:
-    """Output (B,K,h,w) of ``layer`` (its last call) in a full no-grad forward of ``x``."""
-    module = _layer(model, layer)
+def _raw_output(model: nn.Module, module: nn.Module, x: Tensor) -> Tensor:
     n = _count_calls(model, module, x)
     seen: list[Tensor] = []
     with _on_last_call(module, n, lambda out: seen.append(out.detach().clone())), torch.no_grad():
         model(x)
     return seen[0]
+
+
+def _layout(model: nn.Module, module: nn.Module, x: Tensor, reshape: object) -> tuple[str, int, tuple[int, int]]:
+    """(kind, prefix tokens, grid) of the layer's output for ``reshape`` ("none" without one)."""
+    if reshape is None:
+        return "none", 0, (0, 0)
+    from camscope.core.reshape import Reshape
+
+    rs = Reshape.parse(reshape)  # type: ignore[arg-type]
+    if not rs.resolved:
+        rs = rs.resolve(_raw_output(model, module, x), tuple(x.shape[-2:]), model, batch=x.shape[0])
+    return rs.kind, int(rs.skip or 0), tuple(rs.grid or (0, 0))  # type: ignore[return-value]
+
+
+def _as_map(out: Tensor, kind: str, skip: int, grid: tuple[int, int]) -> Tensor:
+    """The layer's output as a (B, K, h, w) map."""
+    if kind == "nhwc":
+        return out.movedim(-1, 1)
+    if kind == "tokens":
+        return out[:, skip:, :].transpose(1, 2).reshape(out.shape[0], out.shape[2], *grid)
+    return out
+
+
+def _from_map(maps: Tensor, out: Tensor, kind: str, skip: int) -> Tensor:
+    """The layer's output rebuilt from a map and the original output's prefix tokens."""
+    if kind == "nhwc":
+        return maps.movedim(1, -1)
+    if kind == "tokens":
+        return torch.cat([out[:, :skip], maps.flatten(2).transpose(1, 2)], dim=1)
+    return maps
+
+
+def _zero_feature(out: Tensor, row: int, ch: int, kind: str, skip: int) -> None:
+    """Ablate feature ``ch`` of image ``row`` in place, in the layer's own layout."""
+    if kind == "nhwc":
+        out[row, :, :, ch] = 0
+    elif kind == "tokens":
+        out[row, skip:, ch] = 0
+    else:
+        out[row, ch] = 0
+
+
+def layer_activations(
+    model: nn.Module, layer: str | nn.Module, x: Tensor, *, reshape: object = None
+) -> Tensor:
+    """Output (B,K,h,w) of ``layer`` (its last call) in a full no-grad forward of ``x``, as a
+    map by ``reshape``."""
+    module = _layer(model, layer)
+    kind, skip, grid = _layout(model, module, x, reshape)
+    return _as_map(_raw_output(model, module, x), kind, skip, grid).contiguous()
 
 
 def _targets(targets: Sequence[int] | Tensor, b: int) -> list[int]:
@@ -110,10 +164,16 @@ def _targets(targets: Sequence[int] | Tensor, b: int) -> list[int]:
 
 
 def reference_gradients(
-    model: nn.Module, layer: str | nn.Module, x: Tensor, targets: Sequence[int] | Tensor
+    model: nn.Module,
+    layer: str | nn.Module,
+    x: Tensor,
+    targets: Sequence[int] | Tensor,
+    *,
+    reshape: object = None,
 ) -> Tensor:
-    """d y_c / d A (B,K,h,w) by a full forward and backward per image."""
+    """d y_c / d A (B,K,h,w) by a full forward and backward per image (A: the map)."""
     module = _layer(model, layer)
+    kind, skip, grid = _layout(model, module, x, reshape)
     out = []
     for i, c in enumerate(_targets(targets, x.shape[0])):
         xi = x[i : i + 1]
@@ -121,9 +181,10 @@ def reference_gradients(
         kept: list[Tensor] = []
 
         def keep(a: Tensor, kept: list[Tensor] = kept) -> Tensor:
-            a = a.detach().clone().requires_grad_(True)
-            kept.append(a)
-            return a
+            a = a.detach().clone()
+            m = _as_map(a, kind, skip, grid).clone().requires_grad_(True)
+            kept.append(m)
+            return _from_map(m, a, kind, skip)
 
         with _on_last_call(module, n, keep), torch.enable_grad():
             y = model(xi)[0, c]
@@ -174,13 +235,16 @@ def reference_ablation_weights(
     targets: Sequence[int] | Tensor,
     *,
     chunk: int = 1,
+    reshape: object = None,
 ) -> Tensor:
     """Ablation-CAM weights (B,K): ``(y_c - y_c^k) / y_c``, one full forward per channel ``k``
-    with a hook zeroing channel ``k`` of the layer output. ``chunk`` > 1 stacks that many of
-    these independent forwards into one batch (row ``r`` ablates its own channel)."""
+    with a hook zeroing channel ``k`` of the layer output (feature ``k`` of every patch token).
+    ``chunk`` > 1 stacks that many of these independent forwards into one batch (row ``r``
+    ablates its own channel)."""
     module = _layer(model, layer)
     tg = _targets(targets, x.shape[0])
-    acts = layer_activations(model, module, x)
+    kind, skip, _ = _layout(model, module, x, reshape)
+    acts = layer_activations(model, module, x, reshape=reshape)
     k = acts.shape[1]
     w = torch.zeros(acts.shape[:2])
     for i, c in enumerate(tg):
@@ -193,7 +257,7 @@ def reference_ablation_weights(
             def zero(out: Tensor, chans: list[int] = chans) -> Tensor:
                 out = out.clone()
                 for r, ch in enumerate(chans):
-                    out[r, ch] = 0
+                    _zero_feature(out, r, ch, kind, skip)
                 return out
 
             with _on_last_call(module, n, zero):
@@ -239,11 +303,12 @@ def reference_scorecam_weights(
     targets: Sequence[int] | Tensor,
     *,
     chunk: int = 1,
+    reshape: object = None,
 ) -> Tensor:
     """Score-CAM weights (B,K) as the official implementation: softmax probability of the class
     for the input times each non-constant channel's normalised upsampled map; constant: 0."""
     tg = _targets(targets, x.shape[0])
-    acts = layer_activations(model, layer, x)
+    acts = layer_activations(model, layer, x, reshape=reshape)
     w = torch.zeros(acts.shape[:2])
     for i, c in enumerate(tg):
         masks = _masks(acts[i], x.shape[-2:], pgc=False)
@@ -266,12 +331,13 @@ def reference_scorecam_logit_softmax_weights(
     targets: Sequence[int] | Tensor,
     *,
     chunk: int = 1,
+    reshape: object = None,
 ) -> Tensor:
     """Score-CAM weights (B,K) as pytorch-grad-cam: target logit of each masked input (every
     channel, constant ones included), masks with ``align_corners=True`` and a 1e-8 guard,
     softmax across channels."""
     tg = _targets(targets, x.shape[0])
-    acts = layer_activations(model, layer, x)
+    acts = layer_activations(model, layer, x, reshape=reshape)
     w = torch.zeros(acts.shape[:2])
     for i, c in enumerate(tg):
         masks = _masks(acts[i], x.shape[-2:], pgc=True)
@@ -311,6 +377,7 @@ def reference_weights(
     targets: Sequence[int] | Tensor,
     *,
     chunk: int = 1,
+    reshape: object = None,
 ) -> Tensor:
     """Reference weights of ``method`` for images ``x`` and one target class per image
     (``chunk``: independent per-channel forwards stacked per batch, perturbation methods)."""
@@ -318,13 +385,13 @@ def reference_weights(
     if kind is None:
         raise KeyError(f"no reference implementation of {method!r}")
     if kind == "gradient":
-        acts = layer_activations(model, layer, x)
-        grads = reference_gradients(model, layer, x, targets)
+        acts = layer_activations(model, layer, x, reshape=reshape)
+        grads = reference_gradients(model, layer, x, targets, reshape=reshape)
         return reference_gradient_weights(method, acts, grads)
     if kind == "unit":
-        acts = layer_activations(model, layer, x)
+        acts = layer_activations(model, layer, x, reshape=reshape)
         return torch.ones(acts.shape[:2])
-    return _perturbation(method)(model, layer, x, targets, chunk=chunk)
+    return _perturbation(method)(model, layer, x, targets, chunk=chunk, reshape=reshape)
 
 
 def _first_component(weighted: np.ndarray) -> np.ndarray:
@@ -379,9 +446,11 @@ def reference_maps(
     *,
     eigen: bool = False,
     chunk: int = 1,
+    reshape: object = None,
 ) -> Tensor:
-    """Reference maps (B,H,W) of ``method`` (optionally eigen-smoothed) for one class per image."""
-    acts = layer_activations(model, layer, x)
-    w = reference_weights(method, model, layer, x, targets, chunk=chunk)
+    """Reference maps (B,H,W) of ``method`` (optionally eigen-smoothed) for one class per image;
+    ``reshape`` for token / channels-last layers (see the module docstring)."""
+    acts = layer_activations(model, layer, x, reshape=reshape)
+    w = reference_weights(method, model, layer, x, targets, chunk=chunk, reshape=reshape)
     sal = reference_saliency(w, acts, pca=eigen or method == "eigencam")
     return reference_finalize(sal, x.shape[-2:])

@@ -45,6 +45,10 @@ def model_from_args(args: argparse.Namespace) -> ModelSpec:
         preprocess=args.preprocess,
         labels=args.labels,
         trust_checkpoint=args.trust_checkpoint,
+        input_size=args.input_size,
+        mean=args.mean,
+        std=args.std,
+        trust_remote_code=args.trust_remote_code,
     )
 
 
@@ -52,14 +56,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model``, ``--weights-tag``, ``--weights``, ``--trust-checkpoint``, ``--labels``,
     ``--layer``, ``--preprocess`` and ``--device`` (the device the model runs on)."""
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="resnet50", help="torchvision classification model (default: resnet50)")
+    g.add_argument("--model", default="resnet50",
+                   help="torchvision classifier (resnet50, vit_b_16, swin_t, ...; `camscope models`), "
+                   "timm/NAME (camscope[timm]), hf/ORG/NAME or hf/FOLDER (Hugging Face, camscope[hf]), "
+                   "or package.module:callable returning an nn.Module (default: resnet50)")
     g.add_argument(
         "--weights-tag",
         default="IMAGENET1K_V1",
         help="entry of the model's torchvision weights enum (IMAGENET1K_V1, DEFAULT, ...) or 'none' "
         "for random weights (default: IMAGENET1K_V1)",
     )
-    g.add_argument("--weights", dest="weights_file", metavar="FILE", help="local state dict (loaded with weights_only=True)")
+    g.add_argument("--weights", dest="weights_file", metavar="FILE",
+                   help="local state dict: .safetensors, or .pt/.pth loaded with weights_only=True")
     g.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that needs arbitrary unpickling (runs its code!)")
     g.add_argument("--labels", metavar="FILE", help="class names: one per line, or JSON")
     g.add_argument("--layer", help="target layer as a dotted module path, e.g. layer4.2 (default: per architecture)")
@@ -67,6 +75,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="classic: resize to 224x224, map covers the whole photo; weights: the weights' "
                    "resize + centre crop, map covers the crop (default: classic)")
     add_device_arg(g)
+    g.add_argument("--reshape", default="auto", metavar="SPEC",
+                   help="how the layer's output becomes a (N, C, h, w) map: auto (default: transformer "
+                   "tokens and channels-last maps detected), none, nhwc, tokens:HxW[:skip=T]")
+    g.add_argument("--input-size", metavar="N|HxW",
+                   help="model input size (default: from the model's weights/config, else 224)")
+    g.add_argument("--mean", metavar="R,G,B", help="normalisation mean (default: from the model, else ImageNet's)")
+    g.add_argument("--std", metavar="R,G,B", help="normalisation std (default: from the model, else ImageNet's)")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="Hugging Face models only: allow the model repository's own Python code to run")
 
 
 def add_device_arg(g: Any, default: str | None = None) -> None:

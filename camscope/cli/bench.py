@@ -42,6 +42,9 @@ def register(subparsers: Any) -> None:
         "energy inside the object vs. the object's area. Works offline.",
     )
     bs.add_argument("--n-scenes", type=int, default=200, help="held-out scenes (default 200)")
+    bs.add_argument("--model", dest="synthetic_model", choices=("cnn", "vit"), default="cnn",
+                    help="the small CNN (default) or the small vision transformer, trained on the scenes")
+    bs.add_argument("--layer", help="target layer (default: the model's: features / the last block's ln_1)")
     add_methods_arg(bs, default="all")
     add_smooth_arg(bs)
     bs.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"seed of the held-out scenes (default {DEFAULT_SEED})")
@@ -70,6 +73,8 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
         device=pick_device(args.device),
         progress=not args.quiet,
         speed=speed_from_args(args),
+        model_kind=args.synthetic_model,
+        layer=args.layer,
     )
     sys.stdout.write(table.to_markdown() if args.markdown else table.to_text())
     if args.out:

@@ -13,7 +13,10 @@ def register(subparsers: Any) -> None:
     me = subparsers.add_parser("methods", help="list the registered CAM methods")
     me.add_argument("--markdown", action="store_true", help="print the README's method table")
     me.set_defaults(func=cmd_methods)
-    mo = subparsers.add_parser("models", help="list torchvision classification models")
+    mo = subparsers.add_parser("models", help="list the classifiers --model takes: torchvision's, and timm's when installed")
+    mo.add_argument("pattern", nargs="?", help="only names matching this pattern, e.g. 'vit_*'")
+    mo.add_argument("--source", choices=("all", "torchvision", "timm"), default="all",
+                    help="torchvision, timm (as timm/NAME; needs camscope[timm]) or all (default)")
     mo.set_defaults(func=cmd_models)
 
 
@@ -29,7 +32,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from camscope.models import classification_models
+    from camscope.models import list_models
 
-    sys.stdout.write("\n".join(classification_models()) + "\n")
+    sys.stdout.write("\n".join(list_models(args.source, args.pattern)) + "\n")
     return 0

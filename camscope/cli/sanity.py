@@ -134,6 +134,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
         speed=speed_from_args(args),
+        reshape=args.reshape,
     )
     result.info = info
     paths = result.save(args.out)

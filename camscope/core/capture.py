@@ -113,8 +113,9 @@ def capture(
 
         got = f"shape {tuple(acts.shape)}" if isinstance(acts, torch.Tensor) else f"a {type(acts).__name__}"
         raise UsageError(
-            f"layer {split.layer!r} outputs {got}, not a 4-D (N, C, h, w) feature map; "
-            "choose a convolutional layer"
+            f"layer {split.layer!r} gives {got}, not a 4-D (N, C, h, w) feature map "
+            f"(reshape {getattr(split, 'reshape', 'none')}); choose a convolutional stage or a "
+            "transformer block's norm, or pass --reshape auto / tokens:HxW[:skip=T] / nhwc"
         )
     acts = acts.detach()
     with torch.enable_grad() if need_gradients else torch.no_grad():

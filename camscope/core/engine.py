@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from camscope.core.capture import capture, model_state_guard
 from camscope.core.postprocess import finalize, first_component, weighted_activations
+from camscope.core.reshape import Reshape
 from camscope.core.runtime import Runtime, SpeedSettings
 from camscope.io.rundir import variant_name
 from camscope.methods.registry import MethodSpec, get_method
@@ -136,21 +137,44 @@ class CamEngine:
         speed: SpeedSettings | None = None,
         progress: bool = False,
         allow_trace: bool = True,
+        reshape: str | Reshape = "auto",
+        input_size: Sequence[int] | None = None,
     ) -> None:
         from camscope.core.layers import canonical_layer_name, default_layer
+        from camscope.core.reshape import model_input_size
         from camscope.core.tail import split_model
         from camscope.errors import UsageError
 
         self.model = model
+        rs = Reshape.parse(reshape)
+        if input_size is None:
+            input_size = model_input_size(model) or (224, 224)
+        if len(input_size) == 2:
+            input_size = (1, 3, *input_size)
         with model_state_guard(model), torch.no_grad():
-            self.layer = canonical_layer_name(model, layer) if layer else default_layer(model)
-            self.split = split_model(model, self.layer, allow_trace=allow_trace)
+            if layer:
+                self.layer = canonical_layer_name(model, layer)
+            else:
+                self.layer = default_layer(model, input_size=tuple(input_size))
+            self.split = split_model(model, self.layer, allow_trace=allow_trace, reshape=rs)
         self.methods: list[MethodSpec] = [get_method(m) for m in methods]
         if not self.methods:
             raise UsageError("no method given")
         self.variants: list[Smoothing] = parse_smoothing(smoothing)
         self.normalization = normalization
         self.runtime = Runtime(model, self.split, speed, progress=progress)
+
+    @property
+    def reshape(self) -> Reshape:
+        """How the target layer's output becomes a map: the concrete choice for the latest
+        input size (after a call or :meth:`resolve_reshape`), else what was asked for."""
+        return self.split.reshape_used or self.split.reshape
+
+    def resolve_reshape(self, input_size: Sequence[int]) -> Reshape:
+        """The concrete reshape for inputs of ``input_size`` ((B,3,H,W) or (H,W)); decided by one
+        head run on zeros the first time (the model's flags are restored)."""
+        with model_state_guard(self.model):
+            return self.split.resolve_reshape(input_size)
 
     @property
     def names(self) -> list[str]:
@@ -270,9 +294,11 @@ def compute_cams(
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     speed: SpeedSettings | None = None,
     progress: bool = False,
+    reshape: str | Reshape = "auto",
 ) -> CamResult:
     """One-call convenience around :class:`CamEngine` for a batch of images."""
     engine = CamEngine(
-        model, layer, methods=methods, smoothing=smoothing, normalization=normalization, speed=speed, progress=progress
+        model, layer, methods=methods, smoothing=smoothing, normalization=normalization, speed=speed,
+        progress=progress, reshape=reshape, input_size=tuple(images.shape),
     )
     return engine(images, targets, top_k)

@@ -1,8 +1,11 @@
 """Run a network from a target layer's output on: ``split_model(model, layer) -> LayerSplit``.
 
-``head(x)`` runs the model up to and including the target layer and returns its output ``A`` and a
-:class:`Carry`; ``tail(A', carry, index)`` runs the rest of the network on (possibly modified)
-activations ``A'``, differentiably. Two implementations:
+``head(x)`` runs the model up to and including the target layer and returns its output ``A`` as a
+(B, C, h, w) map and a :class:`Carry`; ``tail(A', carry, index)`` runs the rest of the network on
+(possibly modified) maps ``A'``, differentiably. A layer whose output is tokens (B, N, C) or
+channels-last (B, h, w, C) is turned into a map here and only here (``reshape``, see
+:mod:`camscope.core.reshape`): ``head`` keeps the prefix tokens (class, distillation, register)
+in the carry, ``tail`` rebuilds the layer's output from the map and them. Two implementations:
 
 * **traced** (fast): ``torch.fx`` traces the model with the target module as one leaf call and the
   graph is cut at that call. The head graph returns ``(A, *carried)``, where *carried* are the
@@ -28,7 +31,7 @@ import builtins
 import inspect
 import logging
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +42,7 @@ from torch import Tensor, nn
 from torch.fx import Node
 
 from camscope.core.layers import canonical_layer_name, get_module
+from camscope.core.reshape import Reshape
 from camscope.errors import CamscopeError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -81,8 +85,10 @@ class Carry:
     ``(x,)``. ``batched[i]`` says whether ``values[i]`` is derived from the input: its tensors
     whose first dimension is ``batch_size`` are gathered by the tail's ``index``; everything else
     (constants, non-tensors, tensors of another length) is passed as is. ``acts_shape`` is the
-    target output's shape without the batch dimension (checked by ``tail``); ``target_call`` is the
-    1-based call of the target module whose output the hook fallback substitutes.
+    target map's shape without the batch dimension (checked by ``tail``); ``target_call`` is the
+    1-based call of the target module whose output the hook fallback substitutes. ``reshape`` is
+    how the layer's output became the map, and ``kept`` the prefix tokens it set aside (B, t, C),
+    gathered by the tail's ``index`` like the batched values.
     """
 
     values: tuple[Any, ...]
@@ -90,6 +96,8 @@ class Carry:
     batched: tuple[bool, ...]
     acts_shape: tuple[int, ...] | None = None
     target_call: int = 1
+    reshape: Reshape | None = None
+    kept: Tensor | None = None
 
     def select(self, index: Tensor | None, n: int) -> tuple[Any, ...]:
         """Values for ``n`` tail rows; row ``i`` belongs to image ``index[i]``.
@@ -98,11 +106,23 @@ class Carry:
         image, that all rows belong to it. With one image the values are broadcast with
         ``expand`` (no copy), otherwise gathered with ``index_select``.
         """
+        index = self._check_index(index, n)
+        gather = self._gatherer(index, n)
+        return tuple(
+            _map_tensors(v, gather) if batched else v
+            for v, batched in zip(self.values, self.batched, strict=True)
+        )
+
+    def select_kept(self, index: Tensor | None, n: int) -> Tensor | None:
+        """The prefix tokens for ``n`` tail rows (as :meth:`select`)."""
+        if self.kept is None:
+            return None
+        return self._gatherer(self._check_index(index, n), n)(self.kept)
+
+    def _check_index(self, index: Tensor | None, n: int) -> Tensor | None:
         b = self.batch_size
         if index is None:
-            if n == b:
-                return self.values
-            if b != 1:
+            if n != b and b != 1:
                 raise ValueError(f"tail got {n} rows for a batch of {b} images; pass index")
         else:
             index = torch.as_tensor(index)
@@ -120,19 +140,20 @@ class Carry:
                 raise ValueError(
                     f"index values must be in [0, {b}), got [{int(index.min())}, {int(index.max())}]"
                 )
+        return index
+
+    def _gatherer(self, index: Tensor | None, n: int) -> Callable[[Tensor], Tensor]:
+        b = self.batch_size
 
         def gather(t: Tensor) -> Tensor:
-            if t.dim() == 0 or t.shape[0] != b:
+            if t.dim() == 0 or t.shape[0] != b or (index is None and n == b):
                 return t
             if b == 1:
                 return t.expand(n, *t.shape[1:])
             assert index is not None
             return t.index_select(0, index.to(t.device))
 
-        return tuple(
-            _map_tensors(v, gather) if batched else v
-            for v, batched in zip(self.values, self.batched, strict=True)
-        )
+        return gather
 
 
 # --------------------------------------------------------------------------- split
@@ -140,7 +161,11 @@ class Carry:
 
 @dataclass(eq=False)
 class LayerSplit:
-    """A model cut at ``layer`` (canonical dotted name); ``traced`` is False for the hook fallback."""
+    """A model cut at ``layer`` (canonical dotted name); ``traced`` is False for the hook fallback.
+
+    ``reshape`` is what was asked for (``"auto"`` by default); the concrete reshape is decided
+    on the first ``head`` call for each input size (see :meth:`resolve_reshape`) and kept.
+    """
 
     layer: str
     traced: bool
@@ -150,16 +175,24 @@ class LayerSplit:
     tail_module: torch.fx.GraphModule | None = field(default=None, repr=False)
     carried_batched: tuple[bool, ...] = field(default=(), repr=False)
     tail_mutates: tuple[bool, ...] = field(default=(), repr=False)  # (acts, *carried)
+    reshape: Reshape = field(default_factory=Reshape)
+    _resolved: dict[tuple, Reshape] = field(default_factory=dict, repr=False)
 
     def head(self, x: Tensor) -> tuple[Tensor, Carry]:
-        """Run images ``x`` (B,3,H,W) up to the target; return its output (B,K,h,w) and a Carry."""
+        """Run images ``x`` (B,3,H,W) up to the target; return its output as a (B,K,h,w) map
+        and a Carry."""
         if self.head_module is None:
-            return self._hook_head(x)
-        acts, *values = self.head_module(x)
-        return acts, Carry(tuple(values), _leading_dim(x), self.carried_batched, _acts_shape(acts))
+            out, carry = self._hook_head(x)
+        else:
+            out, *values = self.head_module(x)
+            carry = Carry(tuple(values), _leading_dim(x), self.carried_batched)
+        rs = self._resolve(out, x)
+        maps = rs.to_maps(out)
+        carry.reshape, carry.kept, carry.acts_shape = rs, rs.prefix(out), _acts_shape(maps)
+        return maps, carry
 
     def tail(self, acts: Tensor, carry: Carry, index: Tensor | None = None) -> Tensor:
-        """Run activations ``acts`` (N,K,h,w) from the target on to the model's output.
+        """Run maps ``acts`` (N,K,h,w) from the target on to the model's output.
 
         ``index`` (N,) says which image of the carry's batch each row belongs to (None: row ``i``
         is image ``i``, or every row is the single image). Differentiable w.r.t. ``acts``; neither
@@ -173,22 +206,61 @@ class LayerSplit:
                 f"got {tuple(acts.shape) if isinstance(acts, Tensor) else type(acts).__name__}"
             )
         values = carry.select(index, n)
+        out = acts
+        if carry.reshape is not None and carry.reshape.kind != "none":
+            out = carry.reshape.to_layer(acts, carry.select_kept(index, n))
         if self.tail_module is None:
-            return self._hook_tail(acts, values[0], carry.target_call)
+            return self._hook_tail(out, values[0], carry.target_call)
         # Clone only what the tail would modify in place (e.g. DenseNet's relu(inplace=True)).
         if self.tail_mutates[0]:
-            acts = _clone(acts)
+            out = _clone(out)
         values = tuple(
             _clone(v) if mutated else v
             for v, mutated in zip(values, self.tail_mutates[1:], strict=True)
         )
-        return self.tail_module(acts, *values)
+        return self.tail_module(out, *values)
 
     def forward(self, x: Tensor) -> Tensor:
         """``tail(*head(x))``: equals ``model(x)``."""
         return self.tail(*self.head(x))
 
     __call__ = forward
+
+    # ---- reshape
+
+    def _resolve(self, out: Any, x: Tensor) -> Reshape:
+        shape = tuple(out.shape[1:]) if isinstance(out, Tensor) else type(out).__name__
+        key = (tuple(x.shape[-2:]), shape)
+        rs = self._resolved.get(key)
+        if rs is None:
+            rs = self.reshape.resolve(
+                out, tuple(x.shape[-2:]), self.model, self.layer, batch=_leading_dim(x)
+            )
+            if rs.kind != "none" or self.reshape.kind != "auto":
+                logger.info("layer %r: output %s -> map by reshape %s", self.layer, tuple(out.shape), rs)
+            self._resolved[key] = rs
+        return rs
+
+    def resolve_reshape(self, input_size: Sequence[int]) -> Reshape:
+        """The concrete reshape for inputs of ``input_size`` ((B,3,H,W) or (H,W)): decided by
+        one no-grad, eval-mode head run on zeros the first time (training flags restored)."""
+        from camscope.core.capture import model_state_guard
+        from camscope.core.layers import probe_input
+
+        size = tuple(int(s) for s in input_size)
+        size = (1, 3, *size) if len(size) == 2 else (1, *size[1:])
+        for (hw, _), rs in self._resolved.items():
+            if hw == size[-2:]:
+                return rs
+        with model_state_guard(self.model), torch.no_grad():
+            _, carry = self.head(probe_input(self.model, size))
+        assert carry.reshape is not None
+        return carry.reshape
+
+    @property
+    def reshape_used(self) -> Reshape | None:
+        """The concrete reshape of the latest input size seen (None before any head run)."""
+        return next(reversed(self._resolved.values()), None)
 
     # ---- hook fallback
 
@@ -208,7 +280,7 @@ class LayerSplit:
             handle.remove()
         if calls == 0:
             raise UsageError(f"layer {self.layer!r} is never called in the model's forward pass")
-        carry = Carry((x,), _leading_dim(x), (True,), _acts_shape(captured), target_call=calls)
+        carry = Carry((x,), _leading_dim(x), (True,), target_call=calls)
         return captured, carry
 
     def _hook_tail(self, acts: Any, x: Tensor, target_call: int) -> Tensor:
@@ -245,12 +317,17 @@ def _acts_shape(acts: Any) -> tuple[int, ...] | None:
     return tuple(acts.shape[1:]) if isinstance(acts, Tensor) else None
 
 
-def split_model(model: nn.Module, layer: str, *, allow_trace: bool = True) -> LayerSplit:
+def split_model(
+    model: nn.Module, layer: str, *, allow_trace: bool = True, reshape: str | Reshape = "auto"
+) -> LayerSplit:
     """Split ``model`` at ``layer`` (any path :func:`camscope.core.layers.get_module` accepts).
 
     Uses a torch.fx split when the model traces, else (or with ``allow_trace=False``) the hook
-    fallback, logging why. The model is neither copied nor modified.
+    fallback, logging why. ``reshape`` (a :class:`~camscope.core.reshape.Reshape` or its spec
+    string: ``auto``, ``none``, ``nhwc``, ``tokens:HxW[:skip=T]``) says how the layer's output
+    becomes a (B, C, h, w) map. The model is neither copied nor modified.
     """
+    rs = Reshape.parse(reshape)
     name = canonical_layer_name(model, layer)
     module = get_module(model, name)
     if allow_trace:
@@ -262,12 +339,12 @@ def split_model(model: nn.Module, layer: str, *, allow_trace: bool = True) -> La
             )
         else:
             logger.debug("layer %r: traced split, %d carried value(s)", name, len(batched))
-            return LayerSplit(name, True, model, module, head_gm, tail_gm, batched, mutates)
+            return LayerSplit(name, True, model, module, head_gm, tail_gm, batched, mutates, rs)
     else:
         logger.info(
             "layer %r: tracing disabled (allow_trace=False); using the slow hook path", name
         )
-    return LayerSplit(name, False, model, module)
+    return LayerSplit(name, False, model, module, reshape=rs)
 
 
 # --------------------------------------------------------------------------- fx split

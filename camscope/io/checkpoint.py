@@ -54,14 +54,15 @@ def load_checkpoint(
     dict (``{"state_dict": ...}``, ``{"model": ...}``, ...) is unwrapped, a pickled
     ``nn.Module`` (trusted only) gives its ``state_dict()``, and a prefix ``module.`` or
     ``_orig_mod.`` shared by all keys is stripped. Non-tensor entries are dropped with a
-    warning. ``.safetensors`` files are loaded with the `safetensors` package when installed.
+    warning. Safetensors files (``.safetensors``, or any file whose header is a safetensors
+    header) are loaded with the `safetensors` package, never unpickled.
 
     Raises `WeightsError` (one line naming the file) when the file is missing, unreadable,
     not a checkpoint, corrupt, or holds no state dict.
     """
     p = Path(path)
     _check_file(p)
-    if p.suffix.lower() == ".safetensors":
+    if p.suffix.lower() == ".safetensors" or _looks_safetensors(p):
         obj: Any = _load_safetensors(p, map_location)
     else:
         obj = _torch_load(p, trust=trust, map_location=map_location)
@@ -166,12 +167,27 @@ def _short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _looks_safetensors(p: Path) -> bool:
+    """A safetensors file starts with the 8-byte little-endian length of a JSON header."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(10)
+        size = os.stat(p).st_size
+    except OSError:
+        return False
+    if len(head) < 10:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= size - 8 and head[8:10] in (b"{}", b'{"')
+
+
 def _load_safetensors(p: Path, map_location: str | torch.device) -> Any:
     try:
         from safetensors.torch import load_file
     except ImportError as e:
         raise WeightsError(
-            f"{p}: is a safetensors file; install the 'safetensors' package to load it"
+            f"{p}: is a safetensors file; install the 'safetensors' package to load it "
+            '(pip install safetensors, or pip install "camscope[timm]")'
         ) from e
     try:
         return load_file(str(p), device=str(map_location))

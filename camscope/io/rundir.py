@@ -265,6 +265,9 @@ class RunSettings:
     precision: str = "fp32"
     colormap: str = "jet"
     alpha: float = 0.5
+    reshape: str | None = None
+    """How the layer's output became a map (``tokens:14x14:skip=1``, ``nhwc``); None (and left
+    out of the file) when it already was one."""
 
     @property
     def random_weights(self) -> bool:
@@ -279,6 +282,8 @@ class RunSettings:
     def to_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["methods"], d["smoothing"] = list(self.methods), list(self.smoothing)
+        if self.reshape is None:
+            del d["reshape"]
         return d
 
     @classmethod
@@ -295,7 +300,7 @@ class RunSettings:
     def differences(self, other: RunSettings) -> list[str]:
         """Names of the settings that differ from ``other``'s."""
         mine, theirs = self.to_json(), other.to_json()
-        return sorted(k for k in mine if mine[k] != theirs.get(k))
+        return sorted(k for k in {**mine, **theirs} if mine.get(k) != theirs.get(k))
 
 
 @dataclass

@@ -1,0 +1,82 @@
+"""Any model from an importable callable: ``--model my_pkg.models:build``.
+
+The callable (a function or an ``nn.Module`` class, looked up with dots after the colon:
+``pkg.mod:Factory.build``) is called without arguments and must return an ``nn.Module`` that maps
+normalised images (B, 3, H, W) to logits. ``--weights FILE`` loads a state dict into it
+(``.safetensors`` through the safetensors library, no pickle; ``.pt``/``.pth`` with
+``weights_only=True``); ``--labels``, ``--input-size``, ``--mean`` and ``--std`` say the rest
+(defaults: the input size the model declares, else 224x224, and ImageNet statistics).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from camscope.core.reshape import model_input_size
+from camscope.errors import UsageError
+from camscope.models.common import (
+    PREPROCESS_MODES,
+    LoadedModel,
+    Preprocess,
+    first_line,
+    fit_state_dict,
+    logger,
+)
+
+_SPEC = re.compile(r"(?P<module>[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*):(?P<attr>[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)")
+
+
+def is_import_spec(name: str) -> bool:
+    """Whether ``name`` looks like ``package.module:callable``."""
+    return _SPEC.fullmatch(name) is not None
+
+
+def load_imported(
+    spec: str,
+    *,
+    weights_file: str | Path | None = None,
+    preprocess: str = "classic",
+    device: str | torch.device = "cpu",
+    trust_checkpoint: bool = False,
+) -> LoadedModel:
+    """Import and call ``spec`` (``pkg.mod:callable``), then load ``weights_file`` into it."""
+    m = _SPEC.fullmatch(spec)
+    if m is None:
+        raise UsageError(f"--model {spec!r}: expected package.module:callable")
+    if preprocess not in PREPROCESS_MODES:
+        raise UsageError(f"unknown --preprocess {preprocess!r}; choose from: {', '.join(PREPROCESS_MODES)}")
+    try:
+        obj: object = importlib.import_module(m.group("module"))
+    except ImportError as exc:
+        raise UsageError(
+            f"--model {spec}: cannot import {m.group('module')!r} ({first_line(exc)}); is it "
+            "installed or on PYTHONPATH?"
+        ) from None
+    for part in m.group("attr").split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"--model {spec}: {m.group('module')!r} has no attribute {m.group('attr')!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UsageError(f"--model {spec}: {m.group('attr')!r} is not callable")
+    try:
+        model = obj()
+    except Exception as exc:  # the user's code: say where it failed, in one line
+        raise UsageError(f"--model {spec}: calling it failed ({type(exc).__name__}: {first_line(exc)})") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--model {spec}: returned a {type(model).__name__}, not a torch.nn.Module")
+    weights_desc = "as built (no --weights)"
+    if weights_file is not None:
+        from camscope.io.checkpoint import load_checkpoint
+
+        fit_state_dict(model, load_checkpoint(weights_file, trust=trust_checkpoint), weights_file, spec)
+        weights_desc = f"file:{weights_file}"
+    size = model_input_size(model) or (224, 224)
+    if preprocess == "weights":
+        logger.warning("--model %s: no weights transform known; using the classic resize", spec)
+    model = model.to(device).eval()
+    return LoadedModel(model, spec, weights_desc, None, Preprocess("classic", size), info={"source": "import"})

@@ -1,0 +1,163 @@
+"""torchvision classifiers: the weights API (downloaded with a progress bar on first use into
+torch's hub cache), a local state dict, or random weights.
+
+Offline with nothing cached, loading fails with one line naming ``--weights FILE`` and the cache
+path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from camscope.core.reshape import model_input_size
+from camscope.errors import UsageError, WeightsError
+from camscope.io.rundir import RANDOM_WEIGHTS
+from camscope.models.common import (
+    PREPROCESS_MODES,
+    LoadedModel,
+    Preprocess,
+    classifier_outputs,
+    fit_state_dict,
+    imagenet_wnids,
+    interpolation_name,
+    logger,
+)
+
+
+def classification_models() -> list[str]:
+    """Names of torchvision's classification models."""
+    import torchvision.models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def _weights_enum(name: str):
+    import torchvision.models as tvm
+
+    return tvm.get_model_weights(name)
+
+
+def _resolve_tag(name: str, tag: str | None):
+    if tag is None or tag.lower() == "none":
+        return None
+    enum = _weights_enum(name)
+    if tag == "DEFAULT":
+        return enum.DEFAULT
+    try:
+        return enum[tag]
+    except KeyError:
+        raise UsageError(
+            f"unknown --weights-tag {tag!r} for {name}; choose from: {', '.join(e.name for e in enum)}"
+        ) from None
+
+
+def cache_path_for(weights: Any) -> Path:
+    """Where torch's hub cache keeps the file of a torchvision weights entry."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def _download_state_dict(weights: Any, progress: bool) -> dict[str, Tensor]:
+    path = cache_path_for(weights)
+    try:
+        return weights.get_state_dict(progress=progress, check_hash=True)
+    except Exception as exc:  # URLError, OSError, hash mismatch, ...
+        reason = str(getattr(exc, "reason", exc)).splitlines()[0][:120]
+        raise WeightsError(
+            f"cannot get {weights} weights: download from {weights.url} failed ({reason}) and no "
+            f"cached copy is at {path}; pass --weights FILE with a local state dict, or put the file "
+            f"at that path"
+        ) from None
+
+
+def load_torchvision(
+    name: str = "resnet50",
+    *,
+    weights_tag: str | None = "IMAGENET1K_V1",
+    weights_file: str | Path | None = None,
+    preprocess: str = "classic",
+    device: str | torch.device = "cpu",
+    trust_checkpoint: bool = False,
+    progress: bool = True,
+) -> LoadedModel:
+    """Build a torchvision classifier with weights.
+
+    Args:
+        name: any torchvision classification model (``resnet50``, ``vgg16``, ``convnext_tiny``...).
+        weights_tag: entry of the model's weights enum (``IMAGENET1K_V1``, ``DEFAULT``...), or
+            ``None``/``"none"`` for random weights. With ``weights_file`` it still supplies the
+            class names and preprocessing.
+        weights_file: a local state dict (loaded with ``weights_only=True``).
+        preprocess: ``"classic"`` (resize to 224x224) or ``"weights"`` (the weights' transform).
+    """
+    import torchvision.models as tvm
+
+    if preprocess not in PREPROCESS_MODES:
+        raise UsageError(f"unknown --preprocess {preprocess!r}; choose from: {', '.join(PREPROCESS_MODES)}")
+    names = classification_models()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=5)
+        hint = f"did you mean: {', '.join(close)}?" if close else "see `camscope models`"
+        raise UsageError(f"unknown model {name!r} (not a torchvision classification model); {hint}")
+    weights = _resolve_tag(name, weights_tag)
+    categories = list(weights.meta["categories"]) if weights is not None else None
+
+    if weights_file is not None:
+        from camscope.io.checkpoint import load_checkpoint
+
+        state = load_checkpoint(weights_file, trust=trust_checkpoint)
+        num_classes = classifier_outputs(state)
+        kwargs: dict[str, Any] = {}
+        if num_classes is not None and (categories is None or num_classes != len(categories)):
+            kwargs["num_classes"] = num_classes
+            categories = None
+        model = tvm.get_model(name, weights=None, **kwargs)
+        fit_state_dict(model, state, weights_file, name)
+        weights_desc = f"file:{weights_file}"
+    elif weights is not None:
+        model = tvm.get_model(name, weights=None)
+        model.load_state_dict(_download_state_dict(weights, progress))
+        weights_desc = str(weights)
+    else:
+        model = tvm.get_model(name, weights=None)
+        weights_desc = RANDOM_WEIGHTS
+        _warn_zero_head(model, name)
+
+    pre = _preprocess_for(weights, preprocess, model_input_size(model))
+    wnids = imagenet_wnids() if categories is not None and len(categories) == 1000 else None
+    model = model.to(device).eval()
+    return LoadedModel(model, name, weights_desc, categories, pre, wnids)
+
+
+def _warn_zero_head(model: Any, name: str) -> None:
+    """torchvision builds some classifiers (its ViTs) with an all-zero head: with random weights
+    every logit is then 0 and every gradient 0, so gradient and ablation maps are blank."""
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if last and not bool(last[-1].weight.detach().any()):
+        logger.warning(
+            "%s with random weights: torchvision initialises its classifier head to zero, so every "
+            "logit is 0 and gradient and ablation maps are blank; pass --weights FILE", name,
+        )
+
+
+def _preprocess_for(weights: Any, mode: str, declared: tuple[int, int] | None = None) -> Preprocess:
+    """``classic``: resize to the size the model declares (ViTs: ``image_size``), else 224x224;
+    ``weights``: the weights' own resize, crop, interpolation and statistics."""
+    if mode == "classic" or weights is None:
+        if mode == "weights":
+            logger.warning("no weights transform known; using the classic resize")
+        return Preprocess("classic", declared or (224, 224))
+    t = weights.transforms()
+    crop = int(t.crop_size[0])
+    mode_ = getattr(t, "interpolation", "bilinear")
+    return Preprocess(
+        "weights", (crop, crop), int(t.resize_size[0]), tuple(t.mean), tuple(t.std),
+        interpolation_name(getattr(mode_, "value", mode_)),
+    )
+
+
