@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PREPROCESS_MODES = ("classic", "weights")
+RANDOM_WEIGHTS_SEED = 0
+"""Seed of the random initialisation of a model built without weights (``--weights-tag none``)."""
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,8 @@ def load_model(
     Args:
         name: any torchvision classification model (``resnet50``, ``vgg16``, ``convnext_tiny``...).
         weights_tag: entry of the model's weights enum (``IMAGENET1K_V1``, ``DEFAULT``...), or
-            ``None``/``"none"`` for random weights. With ``weights_file`` it still supplies the
+            ``None``/``"none"`` for random weights (seeded with :data:`RANDOM_WEIGHTS_SEED`:
+            the same in every process). With ``weights_file`` it still supplies the
             class names and preprocessing.
         weights_file: a local state dict (loaded with ``weights_only=True``).
         preprocess: ``"classic"`` (resize to 224x224) or ``"weights"`` (the weights' transform).
@@ -263,7 +266,11 @@ def load_model(
         model.load_state_dict(_download_state_dict(weights, progress))
         weights_desc = str(weights)
     else:
-        model = tvm.get_model(name, weights=None)
+        # Seeded (without touching the global generator), so that every process that builds
+        # the model -- a resumed run, a report, each worker of a --ray run -- gets the same one.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = tvm.get_model(name, weights=None)
         weights_desc = "random (no weights)"
 
     pre = _preprocess_for(weights, preprocess)
