@@ -46,7 +46,10 @@ def register(subparsers: Any) -> None:
     o = ex.add_argument_group("output")
     o.add_argument("--colormap", default="jet", help="matplotlib colour map for overlays (default: jet)")
     o.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the heat map (default: 0.5)")
-    o.add_argument("--no-figures", dest="figures", action="store_false", help="skip comparison figures")
+    o.add_argument("--outputs", default="maps,overlays,figures", metavar="KINDS",
+                   help="what each image writes, comma-separated: maps (.npy), overlays (PNG per map), "
+                   "figures (comparison figure); default: all (bytes and seconds of each: docs/cluster.md)")
+    o.add_argument("--no-figures", dest="figures", action="store_false", help="skip comparison figures (drops figures from --outputs)")
     o.add_argument("--force", action="store_true", help="recompute finished images / overwrite a run with other settings")
     o.add_argument("--fail-fast", action="store_true", help="stop at the first image that fails")
     add_quiet_arg(o)
@@ -90,6 +93,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         Image.MAX_IMAGE_PIXELS = args.max_pixels
     opts = options_from_args(args)
     boxes = check_report_options(boxes=args.boxes, steps=args.steps) if args.report else None
+    if args.report and "maps" not in opts.outputs:
+        from camscope.errors import UsageError
+
+        raise UsageError("--report measures the .npy maps: keep maps in --outputs")
     res = run_explain(args.images, args.out, opts)
     msg = (
         f"{len(res.completed)} images explained, {len(res.skipped)} already complete, "
