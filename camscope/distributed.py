@@ -89,7 +89,8 @@ class RayOptions:
             at the resources below; never more than there are batches).
         gpus_per_worker: GPUs per actor, fractions allowed (default: 1 when the cluster has
             GPUs, else 0).
-        cpus_per_worker: CPUs per actor, and the actor's torch thread count (default: 1).
+        cpus_per_worker: CPUs per actor, and the actor's torch thread count (default: 1 without
+            GPUs; with GPUs, a GPU node's CPUs divided among its workers).
     """
 
     address: str = LOCAL
@@ -279,7 +280,7 @@ def plan_resources(cluster: Cluster, opts: RayOptions, device: str | None, batch
     res = cluster.resources()
     cpus_total, gpus_total = int(res.get("CPU", 0)), float(res.get("GPU", 0))
     gpus = opts.gpus_per_worker if opts.gpus_per_worker is not None else (1.0 if gpus_total >= 1 else 0.0)
-    cpus = opts.cpus_per_worker or 1
+    cpus = opts.cpus_per_worker or _default_cpus(cluster, gpus)
     if gpus > 0 and gpus_total == 0:
         raise UsageError(f"--gpus-per-worker {gpus:g}: the Ray cluster has no GPUs")
     if device is not None and device.startswith("cuda") and gpus == 0:
@@ -297,6 +298,20 @@ def plan_resources(cluster: Cluster, opts: RayOptions, device: str | None, batch
             "some wait until nodes join", workers, cpus, gpus, cpus_total, gpus_total,
         )  # fmt: skip
     return Resources(workers, cpus, gpus, device or ("cuda" if gpus > 0 else "cpu"))
+
+
+def _default_cpus(cluster: Cluster, gpus: float) -> int:
+    """CPUs per worker by default: 1 without GPUs (one single-threaded worker per core gives the
+    most photos per second on CPUs); with GPUs, a GPU node's CPUs shared by its workers (they
+    decode photos and write files while the GPU computes), the smallest share over the nodes."""
+    if gpus <= 0:
+        return 1
+    shares = [
+        int(r.get("CPU", 0) // max(1, int(r["GPU"] // gpus)))
+        for r in (n.get("Resources", {}) for n in cluster.nodes())
+        if r.get("GPU", 0) >= gpus
+    ]
+    return max(1, min(shares, default=1))
 
 
 def _probe_write(directory: str, token: str, cwd: str) -> dict[str, Any]:

@@ -157,7 +157,8 @@ def add_ray_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpus-per-worker", type=float, default=None, metavar="F",
                    help="GPUs per worker, fractions share a GPU (default: 1 when the cluster has GPUs, else 0)")
     g.add_argument("--cpus-per-worker", type=int, default=None, metavar="N",
-                   help="CPUs per worker, also its torch thread count (default: 1)")
+                   help="CPUs per worker, also its torch thread count (default: 1 without GPUs; with GPUs, "
+                   "a GPU node's CPUs divided among its workers)")
 
 
 def ray_from_args(args: argparse.Namespace) -> RayOptions | None:

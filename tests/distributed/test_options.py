@@ -64,3 +64,44 @@ def test_ray_is_imported_only_with_ray() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+class _FakeRay:
+    """What ``plan_resources`` reads of a cluster: its nodes and their resources."""
+
+    __version__ = "0"
+
+    def __init__(self, *nodes: dict[str, float]) -> None:
+        self._nodes = [{"Alive": True, "Resources": dict(r)} for r in nodes]
+
+    def nodes(self) -> list[dict]:
+        return self._nodes
+
+    def cluster_resources(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for n in self._nodes:
+            for k, v in n["Resources"].items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+
+def test_workers_and_resources_per_worker() -> None:
+    from camscope.distributed import Cluster, RayOptions, Resources, plan_resources
+    from camscope.errors import UsageError
+
+    def plan(opts: RayOptions, *nodes: dict[str, float], device: str | None = None, batches: int = 1000) -> Resources:
+        return plan_resources(Cluster(_FakeRay(*nodes), opts.address, started=False), opts, device, batches)
+
+    cpu16 = {"CPU": 16}
+    assert plan(RayOptions(), cpu16) == Resources(16, 1, 0.0, "cpu")  # one single-threaded worker per core
+    assert plan(RayOptions(cpus_per_worker=4), cpu16) == Resources(4, 4, 0.0, "cpu")
+    assert plan(RayOptions(cpus_per_worker=4), cpu16, batches=3).workers == 3  # never more than batches
+    assert plan(RayOptions(workers=2), cpu16) == Resources(2, 1, 0.0, "cpu")
+    head, gpu_node = {"CPU": 4}, {"CPU": 32, "GPU": 8}
+    assert plan(RayOptions("auto"), head, gpu_node, gpu_node) == Resources(16, 4, 1.0, "cuda")  # a GPU each
+    assert plan(RayOptions("auto", gpus_per_worker=0.5), head, gpu_node) == Resources(16, 2, 0.5, "cuda")
+    assert plan(RayOptions("auto", gpus_per_worker=0), head, gpu_node) == Resources(36, 1, 0.0, "cpu")
+    with pytest.raises(UsageError, match="--gpus-per-worker 1: the Ray cluster has no GPUs"):
+        plan(RayOptions(gpus_per_worker=1), cpu16)
+    with pytest.raises(UsageError, match="--device cuda needs GPUs"):
+        plan(RayOptions(), cpu16, device="cuda")
