@@ -155,6 +155,9 @@ def ray_session(opts: RayOptions) -> Iterator[Cluster]:
                     include_dashboard=False,
                     object_store_memory=LOCAL_OBJECT_STORE,
                     _node_ip_address="127.0.0.1",
+                    # Ray starts workers at nice 15; here they do what a local run does, at its
+                    # priority (at 15 they yield to any other work on a shared machine).
+                    _system_config={"worker_niceness": 0},
                 )
             ip = ray.util.get_node_ip_address()
             if ip not in ("127.0.0.1", "localhost", "::1"):
@@ -554,19 +557,11 @@ def run_explain_ray(
             if todo:
                 rows = [{"path": str(i.path), "rel": i.rel, "stem": i.stem} for i in todo]
                 with _data_context(cluster.ray):
-                    ds = _dataset(cluster.ray, rows, opts.images_per_batch).map_batches(
-                        ExplainWorker,
-                        fn_constructor_kwargs={
-                            "opts": opts, "out": str(root), "layer": plan.layer, "target": plan.target, "k": plan.k,
-                            "device": res.device, "threads": res.cpus, "cwd": os.getcwd(), "_fault": _fault,
-                        },
-                        batch_size=None,
-                        batch_format="numpy",
-                        compute=cluster.ray.data.ActorPoolStrategy(size=res.workers, max_tasks_in_flight_per_actor=1),
-                        num_cpus=res.cpus,
-                        num_gpus=res.gpus,
-                        **_retries(),
-                    )  # fmt: skip
+                    kwargs = {
+                        "opts": opts, "out": str(root), "layer": plan.layer, "target": plan.target, "k": plan.k,
+                        "device": res.device, "threads": res.cpus, "cwd": os.getcwd(), "_fault": _fault,
+                    }  # fmt: skip
+                    ds = _pool(_dataset(cluster.ray, rows, opts.images_per_batch), ExplainWorker, kwargs, res)
                     stream = iter(_batches(ds))
                     try:
                         for batch in stream:
@@ -601,18 +596,30 @@ def run_explain_ray(
     return result
 
 
-def _retries() -> dict[str, int]:
-    """Fault tolerance of the actors: a dead worker is restarted without limit, its batch tried
-    :data:`MAX_TASK_RETRIES` more times (Ray Data's own default retries forever, so a batch that
-    kills its worker every time would never end). Ray deprecates passing these through
-    ``map_batches`` for its version 2.64; from there on its defaults apply."""
+def _pool(ds: Any, worker: type, kwargs: dict[str, Any], res: Resources) -> Any:
+    """``ds.map_batches`` through an actor pool of ``worker``: one batch (a block) per call, one
+    batch in flight per worker (a batch never waits behind another on a worker, so a dying
+    worker takes no other batch down), and the fault tolerance of :data:`MAX_TASK_RETRIES`: a
+    dead worker is restarted without limit, its batch tried that many more times (Ray Data's
+    own default retries forever, so a batch that kills its worker every time would never end).
+    Ray deprecates passing those two through ``map_batches`` for its version 2.64; from there
+    on its defaults apply."""
     import ray
 
     major, minor = (int(x) for x in re.findall(r"\d+", ray.__version__)[:2])
-    if (major, minor) >= (2, 64):
-        return {}
-    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-    return {"max_restarts": -1, "max_task_retries": MAX_TASK_RETRIES}
+    retries = {} if (major, minor) >= (2, 64) else {"max_restarts": -1, "max_task_retries": MAX_TASK_RETRIES}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(
+            worker,
+            fn_constructor_kwargs=kwargs,
+            batch_size=None,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=res.workers, max_tasks_in_flight_per_actor=1),
+            num_cpus=res.cpus,
+            num_gpus=res.gpus,
+            **retries,
+        )
 
 
 def _batches(ds: Any) -> Iterator[dict[str, Any]]:
@@ -749,17 +756,8 @@ def evaluate_run_ray(
             bar = tqdm(total=len(rows), desc="measuring", unit="img", disable=not progress)
             try:
                 with _data_context(cluster.ray):
-                    ds = _dataset(cluster.ray, rows, 1).map_batches(
-                        MeasureWorker,
-                        fn_constructor_kwargs={"out": str(out), "header": header, "measure": measure,
-                                               "threads": res.cpus, "cwd": os.getcwd()},
-                        batch_size=None,
-                        batch_format="numpy",
-                        compute=cluster.ray.data.ActorPoolStrategy(size=res.workers, max_tasks_in_flight_per_actor=1),
-                        num_cpus=res.cpus,
-                        num_gpus=res.gpus,
-                        **_retries(),
-                    )  # fmt: skip
+                    kwargs = {"out": str(out), "header": header, "measure": measure, "threads": res.cpus, "cwd": os.getcwd()}
+                    ds = _pool(_dataset(cluster.ray, rows, 1), MeasureWorker, kwargs, res)
                     stream = iter(_batches(ds))
                     try:
                         for batch in stream:

@@ -6,7 +6,8 @@ One Ray session for the module, started in this process (2 CPUs, no dashboard, a
 store); ``--ray`` without an address uses it, the subprocess drivers join it by its address.
 The model is ``resnet18`` with random weights saved to a file, the photos are generated, every
 process runs one torch thread and the images are grouped into batches alike, so the maps of a
-``--ray`` run are byte-identical to the local run's.
+``--ray`` run are byte-identical to the local run's (a resumed run's: within 1e-5, its images
+are grouped into batches from where the first run stopped).
 """
 
 from __future__ import annotations
@@ -43,12 +44,19 @@ PER_BATCH = 2  # 11 images: 5 batches of 2 and one of 1
 
 @pytest.fixture(scope="module")
 def session():
-    """The module's Ray session: 2 CPUs, no dashboard, a 100 MB object store."""
+    """The module's Ray session: 2 CPUs, no dashboard, a 100 MB object store, on the loopback
+    address only (as camscope's own local mode)."""
+    from camscope.distributed import _loopback_only
+
     if ray.is_initialized():
         pytest.skip("Ray is already running in this process")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
-             configure_logging=False, log_to_driver=False)  # fmt: skip
-    yield ray.get_runtime_context().gcs_address
+    with _loopback_only():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
+                 configure_logging=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+                 _system_config={"worker_niceness": 0})  # fmt: skip
+    address = ray.get_runtime_context().gcs_address
+    assert address.startswith("127.0.0.1:"), address
+    yield address
     ray.shutdown()
 
 
