@@ -163,6 +163,9 @@ def ray_session(opts: RayOptions) -> Iterator[Cluster]:
             if ip not in ("127.0.0.1", "localhost", "::1"):
                 logger.warning("the local Ray instance listens on %s, not only on the loopback address: "
                                "keep this machine's ports on a trusted network (docs/cluster.md)", ip)
+        elif opts.address.split("://")[-1].rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
+            with _loopback_only():  # a Ray on the loopback address only, e.g. another --ray's
+                ray.init(address=opts.address)
         else:
             ray.init(address=opts.address)
     except Exception as exc:  # ConnectionError, a missing ray[client] for ray://, ...

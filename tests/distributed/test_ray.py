@@ -36,10 +36,10 @@ ray = pytest.importorskip("ray", reason="the --ray tests need camscope[ray]")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-GOOD = 9
+GOOD = 7
 BAD = {"broken.jpg": "truncated or corrupt image data", "notes.png": "cannot identify image file"}
 N_IMAGES = GOOD + len(BAD)
-PER_BATCH = 2  # 11 images: 5 batches of 2 and one of 1
+PER_BATCH = 2  # 9 inputs: 4 batches of 2 and one of 1
 
 
 @pytest.fixture(scope="module")
