@@ -551,7 +551,7 @@ def run_explain_ray(
         result = RunResult(Path(out), plan.loaded, skipped=list(plan.skipped))
         if result.skipped:
             logger.info("resuming: %d images already complete", len(result.skipped))
-        logger.info("Ray %s: %d workers x %d CPU, %g GPU (%s)", cluster.ray.__version__, res.workers, res.cpus, res.gpus, res.device)
+        logger.info("Ray %s: %d worker(s) x %d CPU, %g GPU (%s)", cluster.ray.__version__, res.workers, res.cpus, res.gpus, res.device)
         pending = {item.rel: item for item in todo}
         writer = _ManifestWriter(plan.rundir, manifest)
         bar = tqdm(total=len(todo), desc="images", unit="img", disable=opts.quiet)

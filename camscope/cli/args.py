@@ -149,7 +149,7 @@ def add_ray_args(p: argparse.ArgumentParser) -> None:
         "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
         help="run on Ray: 'auto' joins the cluster this machine belongs to, ray://HOST:PORT or "
         "HOST:PORT a given one; without ADDRESS, a Ray started on this machine for the run (every "
-        "core and GPU; listens on 127.0.0.1 only). Needs camscope[ray]; --out must be shared by all nodes",
+        "core and GPU; listens on 127.0.0.1 only). Needs camscope[ray]; the run folder must be on storage every node mounts",
     )  # fmt: skip
     g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="Ray workers, each with its own model (default: as many as the cluster's GPUs, "
