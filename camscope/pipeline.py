@@ -32,6 +32,7 @@ import torch
 from camscope.core.runtime import SpeedSettings
 from camscope.errors import CamscopeError, ImageLoadError, UsageError
 from camscope.io.rundir import (
+    OUTPUT_KINDS,
     ClassScore,
     Failure,
     ImageRecord,
@@ -87,7 +88,12 @@ class ExplainOptions:
     colormap: str = "jet"
     alpha: float = 0.5
     max_pixels: int = 89_478_485
+    outputs: Sequence[str] = OUTPUT_KINDS
+    """What each image writes (``--outputs``): any of ``maps`` (``.npy``), ``overlays`` (PNG per
+    map), ``figures`` (comparison figure)."""
     figures: bool = True
+    """False drops ``figures`` from ``outputs`` (``--no-figures``); afterwards it says whether
+    ``outputs`` holds ``figures``."""
     quiet: bool = False
     force: bool = False
     fail_fast: bool = False
@@ -95,6 +101,14 @@ class ExplainOptions:
     def __post_init__(self) -> None:
         if isinstance(self.model, str):
             self.model = ModelSpec(self.model)
+        if isinstance(self.outputs, str):
+            self.outputs = [p.strip() for p in self.outputs.split(",") if p.strip()]
+        wanted = set(self.outputs) - ({"figures"} if not self.figures else set())
+        unknown = sorted(wanted - set(OUTPUT_KINDS))
+        if unknown:
+            raise UsageError(f"unknown --outputs {', '.join(map(repr, unknown))}; choose from: {', '.join(OUTPUT_KINDS)}")
+        self.outputs = tuple(k for k in OUTPUT_KINDS if k in wanted)
+        self.figures = "figures" in self.outputs
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -113,6 +127,8 @@ class ExplainOptions:
             raise UsageError(f"--images-per-batch must be at least 1, not {self.images_per_batch}")
         if self.max_pixels < 1:
             raise UsageError(f"--max-pixels must be at least 1, not {self.max_pixels}")
+        if not self.outputs:
+            raise UsageError(f"--outputs must name at least one of: {', '.join(OUTPUT_KINDS)}")
         colorize(np.zeros((1, 1)), self.colormap)
 
 
@@ -284,7 +300,8 @@ def write_image(
     methods: Sequence[str],
     opts: ExplainOptions,
 ) -> ImageRecord:
-    """Write one image's maps, overlays and comparison figures; return its manifest record."""
+    """Write one image's maps, overlays and comparison figures (those of ``opts.outputs``);
+    return its manifest record."""
     from camscope.render import comparison_figure, figure_png, overlay, png_bytes
 
     photo = loaded.preprocess.frame(explained.photo)
@@ -303,10 +320,13 @@ def write_image(
                 name = variant_name(m, variant.parts)
                 sal = explained.maps[name][rank]
                 png, npy = overlay_file(name, stem), map_file(name, stem)
-                rundir.write_map(npy, sal)
-                rundir.write_png(png, png_bytes(overlay(photo, sal, alpha=opts.alpha, colormap=opts.colormap)))
-                files.setdefault(name, []).extend([png, npy])
-        if opts.figures:
+                if "maps" in opts.outputs:
+                    rundir.write_map(npy, sal)
+                if "overlays" in opts.outputs:
+                    rundir.write_png(png, png_bytes(overlay(photo, sal, alpha=opts.alpha, colormap=opts.colormap)))
+                listed = [f for f, kind in ((png, "overlays"), (npy, "maps")) if kind in opts.outputs]
+                files.setdefault(name, []).extend(listed)
+        if "figures" in opts.outputs:
             label = f"{_class_name(loaded, cls)} {float(probs[cls]):.1%}"
             rows = figure_rows(explained.maps, rank, methods, variants, label)
             title = figure_title(
@@ -456,11 +476,12 @@ def plan_run(inputs: Sequence[str | Path], out: str | Path, opts: ExplainOptions
         methods={m: _method_meta(m) for m in methods},
         outputs=[variant_name(m, v.parts) for v in variants for m in methods],
         images=dict(done),
+        output_kinds=tuple(opts.outputs),
     )
     stems = output_stems([item.rel for item in images])
     todo, skipped = [], []
     for item in images:
-        if rundir.is_complete(done.get(item.rel)):
+        if rundir.is_complete(done.get(item.rel), opts.outputs):
             skipped.append(item.rel)
         else:
             todo.append(PlannedImage(item.path, item.rel, stems[item.rel]))
@@ -573,6 +594,7 @@ def save_result(
         device=str(result.inputs.device) if result.inputs is not None else "cpu",
         methods={m: _method_meta(m) for m in result.methods},
         outputs=[variant_name(m, parts) for parts in result.smoothing for m in result.methods],
+        output_kinds=tuple(opts.outputs),
         images={} if previous is None else dict(previous.images),
     )
     stems = output_stems(names)

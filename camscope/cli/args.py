@@ -7,11 +7,14 @@ into library objects (:func:`speed_from_args`, :func:`methods_arg`).
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from camscope.core.runtime import FREEZE_CHOICES, PRECISIONS, SpeedSettings
 from camscope.models import ModelSpec
 from camscope.smoothing import SMOOTHINGS
+
+if TYPE_CHECKING:
+    from camscope.distributed import RayOptions
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -20,9 +23,11 @@ __all__ = [
     "add_smooth_arg",
     "add_speed_args",
     "add_quiet_arg",
+    "add_ray_args",
     "methods_arg",
     "model_from_args",
     "speed_from_args",
+    "ray_from_args",
 ]
 
 DEFAULT_METHODS = "gradcam,ablationcam,scorecam"
@@ -148,3 +153,41 @@ def speed_from_args(args: argparse.Namespace) -> SpeedSettings:
 
 def add_quiet_arg(p: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+RAY_ARGS = ("workers", "gpus_per_worker", "cpus_per_worker")
+
+
+def add_ray_args(p: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]``, ``--workers``, ``--gpus-per-worker``, ``--cpus-per-worker``: run the
+    per-image work on a Ray cluster (``pip install "camscope[ray]"``; docs/cluster.md)."""
+    g = p.add_argument_group("cluster (Ray; docs/cluster.md)")
+    g.add_argument(
+        "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+        help="run on Ray: 'auto' joins the cluster this machine belongs to, ray://HOST:PORT or "
+        "HOST:PORT a given one; without ADDRESS, a Ray started on this machine for the run (every "
+        "core and GPU; listens on 127.0.0.1 only). Needs camscope[ray]; the run folder must be on storage every node mounts",
+    )  # fmt: skip
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="Ray workers, each with its own model (default: as many as the cluster's GPUs, "
+                   "or else CPUs, allow at the resources below)")
+    g.add_argument("--gpus-per-worker", type=float, default=None, metavar="F",
+                   help="GPUs per worker, fractions share a GPU (default: 1 when the cluster has GPUs, else 0)")
+    g.add_argument("--cpus-per-worker", type=int, default=None, metavar="N",
+                   help="CPUs per worker, also its torch thread count (default: 1 without GPUs; with GPUs, "
+                   "a GPU node's CPUs divided among its workers)")
+
+
+def ray_from_args(args: argparse.Namespace) -> RayOptions | None:
+    """The :class:`~camscope.distributed.RayOptions` of ``--ray``, or None for a local run
+    (where the other Ray options are refused)."""
+    if getattr(args, "ray", None) is None:
+        given = [f"--{name.replace('_', '-')}" for name in RAY_ARGS if getattr(args, name, None) is not None]
+        if given:
+            from camscope.errors import UsageError
+
+            raise UsageError(f"{', '.join(given)} only apply with --ray")
+        return None
+    from camscope.distributed import RayOptions
+
+    return RayOptions(args.ray, args.workers, args.gpus_per_worker, args.cpus_per_worker)

@@ -11,9 +11,11 @@ from camscope.cli.args import (
     add_methods_arg,
     add_model_args,
     add_quiet_arg,
+    add_ray_args,
     add_smooth_arg,
     add_speed_args,
     model_from_args,
+    ray_from_args,
     speed_from_args,
 )
 from camscope.cli.report import add_explain_report_args
@@ -46,11 +48,15 @@ def register(subparsers: Any) -> None:
     o = ex.add_argument_group("output")
     o.add_argument("--colormap", default="jet", help="matplotlib colour map for overlays (default: jet)")
     o.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the heat map (default: 0.5)")
-    o.add_argument("--no-figures", dest="figures", action="store_false", help="skip comparison figures")
+    o.add_argument("--outputs", default="maps,overlays,figures", metavar="KINDS",
+                   help="what each image writes, comma-separated: maps (.npy), overlays (PNG per map), "
+                   "figures (comparison figure); default: all (bytes and seconds of each: docs/cluster.md)")
+    o.add_argument("--no-figures", dest="figures", action="store_false", help="skip comparison figures (drops figures from --outputs)")
     o.add_argument("--force", action="store_true", help="recompute finished images / overwrite a run with other settings")
     o.add_argument("--fail-fast", action="store_true", help="stop at the first image that fails")
     add_quiet_arg(o)
     add_explain_report_args(ex)
+    add_ray_args(ex)
     ex.set_defaults(func=cmd_explain)
 
     de = subparsers.add_parser(
@@ -83,14 +89,31 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from camscope.pipeline import run_explain
-    from camscope.reporting import check_report_options, report_after_explain
+    from camscope.reporting import check_report_options
 
     if args.max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
         # Pillow refuses outright above twice its own limit; the user asked for more, explicitly.
         Image.MAX_IMAGE_PIXELS = args.max_pixels
+    ray = ray_from_args(args)
     opts = options_from_args(args)
     boxes = check_report_options(boxes=args.boxes, steps=args.steps) if args.report else None
-    res = run_explain(args.images, args.out, opts)
+    if args.report and "maps" not in opts.outputs:
+        from camscope.errors import UsageError
+
+        raise UsageError("--report measures the .npy maps: keep maps in --outputs")
+    if ray is not None:
+        from camscope.distributed import held_session, import_ray, run_explain_ray
+
+        import_ray()  # a missing extra: one line, before anything else
+        with held_session():  # one Ray session for the explain run and its report
+            return _finish(args, run_explain_ray(args.images, args.out, opts, ray), boxes, ray)
+    return _finish(args, run_explain(args.images, args.out, opts), boxes, None)
+
+
+def _finish(args: argparse.Namespace, res: Any, boxes: Any, ray: Any) -> int:
+    """Log the explain run's summary and write its report when asked; the exit code."""
+    from camscope.reporting import report_after_explain
+
     msg = (
         f"{len(res.completed)} images explained, {len(res.skipped)} already complete, "
         f"{len(res.failed)} failed -> {res.out} ({res.seconds:.1f} s)"
@@ -99,7 +122,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.report and res.loaded is not None and (res.completed or res.skipped):
         code = report_after_explain(
             res.out, res.loaded, boxes=boxes, steps=args.steps, seed=args.seed,
-            road=args.road, embed=args.embed, progress=not args.quiet,
+            road=args.road, embed=args.embed, progress=not args.quiet, ray=ray,
         )
         return max(res.exit_code, code)
     return res.exit_code

@@ -2,6 +2,7 @@
 
     camscope report DIR [--boxes FILE] [--weights FILE] [--device D] [--steps N] [--seed S]
                         [--no-road] [--no-faithfulness] [--recompute] [--embed] [--quiet]
+                        [--ray [ADDRESS] [--workers N] [--gpus-per-worker F] [--cpus-per-worker N]]
 
 Exit codes: 0 report written; 1 report written but some photos could not be measured
 completely (missing source photo or map file; listed on stderr); 2 user error.
@@ -13,7 +14,7 @@ import argparse
 import logging
 from typing import Any
 
-from camscope.cli.args import add_device_arg, add_quiet_arg
+from camscope.cli.args import add_device_arg, add_quiet_arg, add_ray_args, ray_from_args
 
 __all__ = ["register", "add_measure_args", "add_explain_report_args"]
 
@@ -82,6 +83,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--recompute", action="store_true", help="ignore cached metrics in DIR/metrics/")
     add_quiet_arg(p)
+    add_ray_args(p)
     p.set_defaults(func=cmd_report)
 
 
@@ -90,6 +92,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from camscope.io.rundir import RunDir
     from camscope.reporting import build_report
 
+    ray = ray_from_args(args)
+    if ray is not None:
+        from camscope.distributed import import_ray
+
+        import_ray()
     RunDir(args.dir).load()  # no manifest: one line before anything else
     ev, files = build_report(
         args.dir,
@@ -104,6 +111,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         embed=args.embed,
         trust_checkpoint=args.trust_checkpoint,
         progress=not args.quiet,
+        ray=ray,
     )
     for rel, reason in ev.problems:
         logger.warning("%s: %s", rel, reason)

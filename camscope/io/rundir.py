@@ -42,6 +42,7 @@ __all__ = [
     "RANDOM_WEIGHTS",
     "PYTHON_MODEL",
     "is_random_weights",
+    "OUTPUT_KINDS",
     "variant_name",
     "parse_variant",
     "smoothing_label",
@@ -73,6 +74,9 @@ RANDOM_WEIGHTS = "random (no weights)"
 """The ``weights`` setting of a model without trained weights."""
 PYTHON_MODEL = "given as a Python object"
 """The ``weights`` setting of a model passed from Python (it cannot be rebuilt by name)."""
+
+OUTPUT_KINDS: tuple[str, ...] = ("maps", "overlays", "figures")
+"""What an image can write (``--outputs``): ``.npy`` maps, overlay PNGs, comparison figures."""
 
 _WRITE_PROBE = ".camscope-write-test"
 
@@ -199,6 +203,16 @@ class ImageRecord:
         """Every file the image wrote, relative to the run folder."""
         return [f for v in self.files.values() for f in v] + list(self.figures)
 
+    def kinds(self) -> set[str]:
+        """The :data:`OUTPUT_KINDS` this image wrote."""
+        listed = [f for v in self.files.values() for f in v]
+        found = {"maps"} if any(f.endswith(".npy") for f in listed) else set()
+        if any(f.endswith(".png") for f in listed):
+            found.add("overlays")
+        if self.figures:
+            found.add("figures")
+        return found
+
     def to_json(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -318,6 +332,11 @@ class Manifest:
     failures: dict[str, Failure] = field(default_factory=dict)
     seconds: float | None = None
     version: int = FORMAT_VERSION
+    output_kinds: tuple[str, ...] | None = None
+    """What the last run wrote per image (:data:`OUTPUT_KINDS`; None in older manifests)."""
+    cluster: dict[str, Any] | None = None
+    """How a distributed (``--ray``) run ran: Ray version, address, workers, resources per
+    worker. None for a local run."""
 
     def complete(self) -> dict[str, ImageRecord]:
         """The finished images, sorted by relative name."""
@@ -339,11 +358,15 @@ class Manifest:
             "device": self.device,
             "methods": self.methods,
             "outputs": self.outputs,
-            "images": {rel: rec.to_json() for rel, rec in self.images.items()},
-            "failures": {rel: f.to_json() for rel, f in self.failures.items()},
         }
+        if self.output_kinds is not None:
+            d["output_kinds"] = list(self.output_kinds)
+        d["images"] = {rel: rec.to_json() for rel, rec in self.images.items()}
+        d["failures"] = {rel: f.to_json() for rel, f in self.failures.items()}
         if self.seconds is not None:
             d["seconds"] = self.seconds
+        if self.cluster is not None:
+            d["cluster"] = self.cluster
         return d
 
     @classmethod
@@ -367,6 +390,8 @@ class Manifest:
                 failures={str(rel): Failure.from_json(f) for rel, f in (d.get("failures") or {}).items()},
                 seconds=d.get("seconds"),
                 version=version,
+                output_kinds=None if d.get("output_kinds") is None else tuple(map(str, d["output_kinds"])),
+                cluster=None if d.get("cluster") is None else dict(d["cluster"]),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise UsageError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
@@ -507,9 +532,12 @@ class RunDir:
             failed = ([rel, f.source, f.reason] for rel, f in sorted(manifest.failures.items()))
             atomic_write_text(self.root / FAILURES, _csv(("file", "source", "reason"), failed))
 
-    def is_complete(self, rec: ImageRecord | None) -> bool:
-        """Whether an image's record says complete and every file it lists exists."""
-        return rec is not None and rec.complete and all(self.path(p).exists() for p in rec.paths())
+    def is_complete(self, rec: ImageRecord | None, kinds: Iterable[str] = ()) -> bool:
+        """Whether an image's record says complete, wrote each of ``kinds`` (see
+        :data:`OUTPUT_KINDS`) and every file it lists exists."""
+        if rec is None or not rec.complete or not set(kinds) <= rec.kinds():
+            return False
+        return all(self.path(p).exists() for p in rec.paths())
 
     # ---- files --------------------------------------------------------------------------
 

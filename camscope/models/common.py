@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -341,3 +342,17 @@ def parse_channels(value: str | Sequence[float] | None, flag: str) -> tuple[floa
     if flag == "--std" and min(parts) <= 0:
         raise UsageError(f"--std {value!r}: standard deviations must be positive")
     return parts[0], parts[1], parts[2]
+
+
+RANDOM_WEIGHTS_SEED = 0
+"""Seed of the random initialisation of a model built without weights (``--weights-tag none``)."""
+
+
+@contextlib.contextmanager
+def seeded_random() -> Iterator[None]:
+    """Build a model without weights reproducibly: seeded with :data:`RANDOM_WEIGHTS_SEED`
+    without touching the global generator, so that every process that builds it -- a resumed
+    run, a report, each worker of a ``--ray`` run -- gets the same model."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        yield

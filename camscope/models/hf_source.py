@@ -35,6 +35,7 @@ from camscope.models.common import (
     interpolation_name,
     logger,
     require,
+    seeded_random,
 )
 
 PREFIX = "hf/"
@@ -112,7 +113,8 @@ def load_hf(
     _refuse_remote_code(spec, config.to_dict(), trust_remote_code)
     auto_model = _auto("AutoModelForImageClassification")
     if random or weights_file is not None:
-        hf = auto_model.from_config(config, trust_remote_code=trust_remote_code)
+        with seeded_random():
+            hf = auto_model.from_config(config, trust_remote_code=trust_remote_code)
         weights_desc = RANDOM_WEIGHTS
         if weights_file is not None:
             from camscope.io.checkpoint import load_checkpoint

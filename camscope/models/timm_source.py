@@ -32,6 +32,7 @@ from camscope.models.common import (
     interpolation_name,
     logger,
     require,
+    seeded_random,
 )
 
 PREFIX = "timm/"
@@ -84,7 +85,8 @@ def load_timm(
         fit_state_dict(model, state, weights_file, spec)
         weights_desc = f"file:{weights_file}"
     elif random:
-        model = timm.create_model(name, pretrained=False)
+        with seeded_random():
+            model = timm.create_model(name, pretrained=False)
         weights_desc = RANDOM_WEIGHTS
     else:
         model = _pretrained(timm, name, progress)

@@ -27,6 +27,7 @@ from camscope.models.common import (
     imagenet_wnids,
     interpolation_name,
     logger,
+    seeded_random,
 )
 
 
@@ -124,7 +125,8 @@ def load_torchvision(
         model.load_state_dict(_download_state_dict(weights, progress))
         weights_desc = str(weights)
     else:
-        model = tvm.get_model(name, weights=None)
+        with seeded_random():
+            model = tvm.get_model(name, weights=None)
         weights_desc = RANDOM_WEIGHTS
         _warn_zero_head(model, name)
 

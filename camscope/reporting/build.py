@@ -45,9 +45,21 @@ def build_report(
     embed: bool = False,
     trust_checkpoint: bool = False,
     progress: bool = False,
+    ray: Any = None,
 ) -> tuple[EvaluationResult, ReportFiles]:
-    """Measure (reusing cached metrics) and write the report; the library entry point."""
+    """Measure (reusing cached metrics) and write the report; the library entry point. With
+    ``ray`` (:class:`camscope.distributed.RayOptions`) the photos are measured on a Ray
+    cluster (the model is rebuilt there; ``model`` is not used)."""
     table = check_report_options(boxes=boxes, steps=steps) if not isinstance(boxes, dict) else boxes
+    if ray is not None:
+        from camscope.distributed import evaluate_run_ray
+
+        ev = evaluate_run_ray(
+            out_dir, ray, weights_file=weights_file, boxes=table, device=device, seed=seed, steps=steps,
+            faithfulness=faithfulness, road=road, recompute=recompute, trust_checkpoint=trust_checkpoint,
+            progress=progress,
+        )  # fmt: skip
+        return ev, write_report(out_dir, ev.images, embed=embed)
     ev = evaluate_run(
         out_dir,
         model=model,
@@ -76,12 +88,13 @@ def report_after_explain(
     road: bool = True,
     embed: bool = False,
     progress: bool = True,
+    ray: Any = None,
 ) -> int:
     """``explain --report``: measure with the model ``explain`` already loaded (on its own
     device), write the report. Returns an exit code (0, or 1 if some photos could not be
     measured completely).
     """
     ev, files = build_report(
-        out_dir, model=loaded, boxes=boxes, steps=steps, seed=seed, road=road, embed=embed, progress=progress
+        out_dir, model=loaded, boxes=boxes, steps=steps, seed=seed, road=road, embed=embed, progress=progress, ray=ray
     )
     return ev.exit_code

@@ -58,6 +58,10 @@ __all__ = [
     "DEFAULT_STEPS",
     "ROAD_FRACTIONS",
     "EvaluationResult",
+    "Measured",
+    "PhotoMeasurer",
+    "add_measured",
+    "check_measurable",
     "evaluate_run",
     "boxes_to_input_frame",
     "map_properties",
@@ -351,46 +355,130 @@ def evaluate_run(
     """
     from tqdm.auto import tqdm
 
-    from camscope.io.atomic import atomic_write_text
-    from camscope.metrics import load_boxes
-    from camscope.models import LoadedModel, preprocess_from_description
-
     t0 = time.perf_counter()
     out = Path(out_dir)
-    rundir = RunDir(out)
-    manifest = rundir.load()
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UsageError(f"--steps must be a positive integer, not {steps!r}")
-    settings = manifest.settings
-    preprocess = preprocess_from_description(settings.preprocess)
-    table = load_boxes(boxes) if isinstance(boxes, (str, Path)) else boxes
-    if model is not None and not isinstance(model, LoadedModel):  # any nn.Module
-        model = LoadedModel(model, settings.model, settings.weights, None, preprocess)
-    provider = _Model(model, settings, weights_file, device, trust_checkpoint, progress)
-    variants = list(manifest.outputs)
+    manifest = RunDir(out).load()
+    check_measurable(out, manifest, steps)
+    measurer = PhotoMeasurer(
+        out, manifest, model=model, weights_file=weights_file, boxes=boxes, device=device, seed=seed, steps=steps,
+        faithfulness=faithfulness, road=road, batch_size=batch_size, recompute=recompute,
+        trust_checkpoint=trust_checkpoint, progress=progress,
+    )  # fmt: skip
     result = EvaluationResult(out)
-    faith_key = {"steps": steps, "score": SCORE, "delete": "zero", "insert": "blur", "adi": "pixel-space"}
-    road_key = {"fractions": list(ROAD_FRACTIONS), "noise": ROAD_NOISE, "seed": seed, "score": SCORE}
-
     images = manifest.complete()
     for rel, rec in tqdm(images.items(), desc="measuring", unit="img", disable=not progress):
-        cached = load_image_metrics(out, rel)
-        record, problem = _evaluate_image(
-            out, rel, rec, cached, variants, manifest, preprocess, table, provider, result,
-            faithfulness=faithfulness, road=road, steps=steps, seed=seed, batch_size=batch_size, recompute=recompute,
-            faith_key=faith_key, road_key=road_key,
-        )
-        if problem:
-            logger.warning("%s: %s", rel, problem)
-            result.problems.append((rel, problem))
-        atomic_write_text(rundir.metrics_file(rel), json.dumps(record, indent=1, ensure_ascii=False, allow_nan=True) + "\n")
-        result.images[rel] = record
+        add_measured(result, measurer.measure(rel, rec))
     result.seconds = time.perf_counter() - t0
+    log_measured(result)
+    return result
+
+
+def check_measurable(out: Path, manifest: Manifest, steps: Any) -> None:
+    """One-line errors before any work: bad ``steps``, or a run that wrote no maps."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UsageError(f"--steps must be a positive integer, not {steps!r}")
+    images = manifest.complete()
+    if images and not any("maps" in rec.kinds() for rec in images.values()):
+        kinds = ",".join(manifest.output_kinds or ()) or "without maps"
+        raise UsageError(
+            f"{out}: the run wrote no .npy maps (--outputs {kinds}) and the report measures them; "
+            "re-run explain with --outputs including maps"
+        )
+
+
+@dataclass
+class Measured:
+    """One photo measured: its record (as written to ``DIR/metrics/<rel>.json``), the one-line
+    problem if it could not be measured completely, and how many maps' model-based metrics
+    were computed or reused per group."""
+
+    rel: str
+    record: dict
+    problem: str | None = None
+    computed: dict[str, int] = field(default_factory=dict)
+    reused: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class PhotoMeasurer:
+    """Measures the photos of one run and writes each one's ``DIR/metrics/<rel>.json``.
+
+    Built once per process (the local loop, or one worker of ``camscope report --ray``): the
+    one code path for "measure one photo". The model is built on first need only. ``boxes`` is
+    a box file or an already loaded table; ``manifest`` needs its settings, methods and outputs
+    (the images are passed to :meth:`measure` one by one).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        manifest: Manifest,
+        *,
+        model: Any = None,
+        weights_file: str | Path | None = None,
+        boxes: str | Path | dict | None = None,
+        device: str | torch.device | None = None,
+        seed: int = 0,
+        steps: int = DEFAULT_STEPS,
+        faithfulness: bool = True,
+        road: bool = True,
+        batch_size: int = 64,
+        recompute: bool = False,
+        trust_checkpoint: bool = False,
+        progress: bool = False,
+    ) -> None:
+        from camscope.metrics import load_boxes
+        from camscope.models import LoadedModel, preprocess_from_description
+
+        self.out = Path(out_dir)
+        self.rundir = RunDir(self.out)
+        self.manifest = manifest
+        self.preprocess = preprocess_from_description(manifest.settings.preprocess)
+        self.table = load_boxes(boxes) if isinstance(boxes, (str, Path)) else boxes
+        if model is not None and not isinstance(model, LoadedModel):  # any nn.Module
+            model = LoadedModel(model, manifest.settings.model, manifest.settings.weights, None, self.preprocess)
+        self.provider = _Model(model, manifest.settings, weights_file, device, trust_checkpoint, progress)
+        self.variants = list(manifest.outputs)
+        self.options = {
+            "faithfulness": faithfulness, "road": road, "steps": steps, "seed": seed,
+            "batch_size": batch_size, "recompute": recompute,
+            "faith_key": {"steps": steps, "score": SCORE, "delete": "zero", "insert": "blur", "adi": "pixel-space"},
+            "road_key": {"fractions": list(ROAD_FRACTIONS), "noise": ROAD_NOISE, "seed": seed, "score": SCORE},
+        }  # fmt: skip
+
+    def measure(self, rel: str, rec: ImageRecord) -> Measured:
+        """Measure one photo (reusing its cached metrics where they still hold) and write its
+        record atomically."""
+        from camscope.io.atomic import atomic_write_text
+
+        t0 = time.perf_counter()
+        counts = EvaluationResult(self.out)
+        cached = load_image_metrics(self.out, rel)
+        record, problem = _evaluate_image(
+            self.out, rel, rec, cached, self.variants, self.manifest, self.preprocess, self.table, self.provider,
+            counts, **self.options,
+        )  # fmt: skip
+        atomic_write_text(self.rundir.metrics_file(rel), json.dumps(record, indent=1, ensure_ascii=False, allow_nan=True) + "\n")
+        return Measured(rel, record, problem, dict(counts.computed), dict(counts.reused), time.perf_counter() - t0)
+
+
+def add_measured(result: EvaluationResult, measured: Measured) -> None:
+    """Enter one measured photo in the run's result (a problem is logged on one line)."""
+    if measured.problem:
+        logger.warning("%s: %s", measured.rel, measured.problem)
+        result.problems.append((measured.rel, measured.problem))
+    for group, n in measured.computed.items():
+        result.computed[group] = result.computed.get(group, 0) + n
+    for group, n in measured.reused.items():
+        result.reused[group] = result.reused.get(group, 0) + n
+    result.images[measured.rel] = measured.record
+
+
+def log_measured(result: EvaluationResult) -> None:
     logger.info(
         "measured %d photos in %.1f s (%d maps computed, %d from cache)",
         len(result.images), result.seconds, result.computed["faithfulness"], result.reused["faithfulness"],
     )
-    return result
 
 
 def _file_sha1(path: Path) -> str:

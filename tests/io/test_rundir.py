@@ -183,3 +183,32 @@ def test_output_folder_checks(tmp_path: Path) -> None:
     (tmp_path / "out" / ".manifest.json.0123abcd.tmp").write_text("left by a killed run")
     RunDir(tmp_path / "out").create()
     assert list((tmp_path / "out").iterdir()) == []  # temp files removed, probe removed
+
+
+def test_cluster_and_output_kinds_are_optional_sections() -> None:
+    m = Manifest.from_json(_v1())
+    assert m.cluster is None and m.output_kinds is None
+    assert "cluster" not in m.to_json() and "output_kinds" not in m.to_json()  # old files unchanged
+    m.cluster = {"ray": "2.60.0", "address": "auto", "workers": 4, "cpus_per_worker": 2, "gpus_per_worker": 0.5}
+    m.output_kinds = ("maps", "figures")
+    d = json.loads(json.dumps(m.to_json()))
+    assert d["cluster"] == m.cluster and d["output_kinds"] == ["maps", "figures"]
+    assert list(d)[-1] == "cluster"
+    back = Manifest.from_json(d)
+    assert back.cluster == m.cluster and back.output_kinds == ("maps", "figures")
+    assert back.to_json() == d
+
+
+def test_completion_needs_the_asked_output_kinds(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    rec = _record("a", None)
+    assert rec.kinds() == {"maps", "overlays", "figures"}
+    for rel in rec.paths():
+        run.write_bytes(rel, b"x")
+    assert run.is_complete(rec, ("maps", "overlays", "figures")) and run.is_complete(rec)
+    maps_only = ImageRecord(**{**rec.__dict__, "files": {"gradcam": ["gradcam/a.npy"]}, "figures": []})
+    assert maps_only.kinds() == {"maps"}
+    assert run.is_complete(maps_only, ("maps",))
+    assert not run.is_complete(maps_only, ("maps", "figures"))  # asked for more: not complete
+    figures_only = ImageRecord(**{**rec.__dict__, "files": {"gradcam": []}})
+    assert figures_only.kinds() == {"figures"} and not run.is_complete(figures_only, ("overlays",))
