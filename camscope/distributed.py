@@ -676,12 +676,14 @@ class MeasureWorker:
     first need); ``__call__`` measures a batch of photos, writes each one's
     ``DIR/metrics/<rel>.json`` and returns the records."""
 
-    def __init__(self, out: str, header: dict[str, Any], measure: dict[str, Any], *, threads: int, cwd: str) -> None:
+    def __init__(
+        self, out: str, header: dict[str, Any], measure: Any, options: dict[str, Any], *, threads: int, cwd: str
+    ) -> None:
         from camscope.io.rundir import Manifest
         from camscope.reporting.evaluate import PhotoMeasurer
 
         _worker_setup(threads, cwd)
-        self.measurer = PhotoMeasurer(out, Manifest.from_json(header), **measure)
+        self.measurer = PhotoMeasurer(out, Manifest.from_json(header), measure, **options)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
@@ -706,14 +708,10 @@ def evaluate_run_ray(
     weights_file: str | Path | None = None,
     boxes: str | Path | dict | None = None,
     device: str | None = None,
-    seed: int = 0,
-    steps: int | None = None,
-    faithfulness: bool = True,
-    road: bool = True,
-    batch_size: int = 64,
-    recompute: bool = False,
+    measure: Any = None,
     trust_checkpoint: bool = False,
     progress: bool = False,
+    **options: Any,
 ) -> Any:
     """:func:`camscope.reporting.evaluate.evaluate_run` on a Ray cluster: every photo is measured
     by a worker (one photo per batch: the slow ones balance out) through the same
@@ -724,21 +722,21 @@ def evaluate_run_ray(
     from camscope.io.rundir import Manifest, RunDir
     from camscope.metrics import load_boxes
     from camscope.reporting.evaluate import (
-        DEFAULT_STEPS,
         EvaluationResult,
         Measured,
         add_measured,
         check_measurable,
         log_measured,
+        measure_settings,
     )
 
     ray_opts = ray_opts or RayOptions()
-    steps = DEFAULT_STEPS if steps is None else steps
+    measure = measure_settings(measure, options)
     t0 = time.perf_counter()
     import_ray()
     out = Path(os.path.abspath(out_dir))
     manifest = RunDir(out).load()
-    check_measurable(Path(out_dir), manifest, steps)
+    check_measurable(Path(out_dir), manifest)
     table = load_boxes(boxes) if isinstance(boxes, (str, Path)) else boxes
     images = manifest.complete()
     result = EvaluationResult(Path(out_dir))
@@ -748,9 +746,8 @@ def evaluate_run_ray(
         probe_nodes(cluster, out, res, relative=not all(Path(p).is_absolute() for p in paths))
         header = Manifest(manifest.settings, methods=manifest.methods, outputs=manifest.outputs,
                           output_kinds=manifest.output_kinds).to_json()
-        measure = {
-            "weights_file": weights_file, "boxes": table, "device": res.device, "seed": seed, "steps": steps,
-            "faithfulness": faithfulness, "road": road, "batch_size": batch_size, "recompute": recompute,
+        worker_options = {
+            "weights_file": weights_file, "boxes": table, "device": res.device,
             "trust_checkpoint": trust_checkpoint, "progress": False,
         }  # fmt: skip
         pending = set(images)
@@ -759,7 +756,10 @@ def evaluate_run_ray(
             bar = tqdm(total=len(rows), desc="measuring", unit="img", disable=not progress)
             try:
                 with _data_context(cluster.ray):
-                    kwargs = {"out": str(out), "header": header, "measure": measure, "threads": res.cpus, "cwd": os.getcwd()}
+                    kwargs = {
+                        "out": str(out), "header": header, "measure": measure, "options": worker_options,
+                        "threads": res.cpus, "cwd": os.getcwd(),
+                    }  # fmt: skip
                     ds = _pool(_dataset(cluster.ray, rows, 1), MeasureWorker, kwargs, res)
                     stream = iter(_batches(ds))
                     try:

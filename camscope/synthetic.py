@@ -36,6 +36,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -315,8 +316,6 @@ def train_small_cnn(
     Returns:
         The trained model in eval mode, on ``device``.
     """
-    from tqdm.auto import tqdm
-
     if n_train < 1 or epochs < 1 or batch_size < 1:
         raise ValueError(
             f"n_train, epochs and batch_size must be >= 1, got {n_train}, {epochs}, {batch_size}"
@@ -340,32 +339,57 @@ def train_small_cnn(
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch), pct_start=0.25
         )
-        order_gen = torch.Generator().manual_seed(seed + 1)
+        def step(idx: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            acts = model.features(x_all[idx])
+            logits = model.classifier(torch.flatten(model.pool(acts), 1))
+            loss = F.cross_entropy(logits, y)
+            if guidance:
+                loss = loss + guidance * _guidance_loss(acts, model.classifier.weight[y], inside_all[idx])
+            return logits, loss
+
         model.train()
-        bar = tqdm(range(epochs), desc="train SmallCNN", disable=not progress)
-        for epoch in bar:
-            perm = torch.randperm(n_train, generator=order_gen).to(device)
-            total, correct, loss_sum = 0, 0, 0.0
-            for i in range(0, n_train, batch_size):
-                idx = perm[i : i + batch_size]
-                y = y_all[idx]
-                acts = model.features(x_all[idx])
-                logits = model.classifier(torch.flatten(model.pool(acts), 1))
-                loss = F.cross_entropy(logits, y)
-                if guidance:
-                    weights = model.classifier.weight[y]
-                    loss = loss + guidance * _guidance_loss(acts, weights, inside_all[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += idx.numel()
-                correct += int((logits.argmax(1) == y).sum())
-                loss_sum += float(loss.detach()) * idx.numel()
-            bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
-            logger.debug("epoch %d: loss %.4f acc %.4f", epoch, loss_sum / total, correct / total)
+        train_epochs(step, y_all, opt, sched, epochs=epochs, batch_size=batch_size, seed=seed,
+                     desc="train SmallCNN", progress=progress)  # fmt: skip
     model.to(memory_format=torch.contiguous_format)
     return model.eval()
+
+
+def train_epochs(
+    step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    labels: Tensor,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    desc: str,
+    progress: bool = False,
+) -> None:
+    """The training loop the synthetic models share: per epoch a permutation of the examples
+    (generator seeded with ``seed + 1``), batches of ``batch_size``; ``step(idx, y)`` returns
+    the batch's (logits, loss), then a step of ``opt`` and ``sched``."""
+    from tqdm.auto import tqdm
+
+    n = labels.shape[0]
+    order = torch.Generator().manual_seed(seed + 1)
+    bar = tqdm(range(epochs), desc=desc, disable=not progress)
+    for epoch in bar:
+        perm = torch.randperm(n, generator=order).to(labels.device)
+        total, correct, loss_sum = 0, 0, 0.0
+        for i in range(0, n, batch_size):
+            idx = perm[i : i + batch_size]
+            y = labels[idx]
+            logits, loss = step(idx, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += idx.numel()
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(loss.detach()) * idx.numel()
+        bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
+        logger.debug("epoch %d: loss %.4f acc %.4f", epoch, loss_sum / total, correct / total)
 
 
 @torch.no_grad()

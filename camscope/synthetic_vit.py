@@ -123,8 +123,6 @@ def train_small_vit(
     of the module docstring. Deterministic for given arguments on a given machine; the global RNG
     state is forked and the intra-op thread count restored. Returns the model in eval mode.
     """
-    from tqdm.auto import tqdm
-
     if n_train < 1 or epochs < 1 or batch_size < 1:
         raise ValueError(f"n_train, epochs and batch_size must be >= 1, got {n_train}, {epochs}, {batch_size}")
     if size != 64:
@@ -141,34 +139,22 @@ def train_small_vit(
         nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision starts it at zero
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
-        order = torch.Generator().manual_seed(seed + 1)
         seen: dict[str, Tensor] = {}
         hooks = [
             model.encoder.layers[-1].ln_1.register_forward_hook(lambda _m, _i, o: seen.__setitem__("ln1", o)),
             model.encoder.register_forward_hook(lambda _m, _i, o: seen.__setitem__("enc", o)),
         ]
+        def step(idx: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            logits = model(x_all[idx])
+            loss = F.cross_entropy(logits, y)
+            if guidance:
+                loss = loss + guidance * _guidance(model, seen["ln1"], seen["enc"], y, inside_all[idx])
+            return logits, loss
+
         try:
             model.train()
-            bar = tqdm(range(epochs), desc="train small ViT", disable=not progress)
-            for epoch in bar:
-                perm = torch.randperm(n_train, generator=order).to(device)
-                total, correct, loss_sum = 0, 0, 0.0
-                for i in range(0, n_train, batch_size):
-                    idx = perm[i : i + batch_size]
-                    y = y_all[idx]
-                    logits = model(x_all[idx])
-                    loss = F.cross_entropy(logits, y)
-                    if guidance:
-                        loss = loss + guidance * _guidance(model, seen["ln1"], seen["enc"], y, inside_all[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    total += idx.numel()
-                    correct += int((logits.argmax(1) == y).sum())
-                    loss_sum += float(loss.detach()) * idx.numel()
-                bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
-                logger.debug("epoch %d: loss %.4f acc %.4f", epoch, loss_sum / total, correct / total)
+            S.train_epochs(step, y_all, opt, sched, epochs=epochs, batch_size=batch_size, seed=seed,
+                           desc="train small ViT", progress=progress)  # fmt: skip
         finally:
             for h in hooks:
                 h.remove()

@@ -18,7 +18,7 @@ from camscope.cli.args import (
     ray_from_args,
     speed_from_args,
 )
-from camscope.cli.report import add_explain_report_args
+from camscope.cli.report import add_explain_report_args, measure_from_args
 
 if TYPE_CHECKING:
     from camscope.pipeline import ExplainOptions
@@ -96,7 +96,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         Image.MAX_IMAGE_PIXELS = args.max_pixels
     ray = ray_from_args(args)
     opts = options_from_args(args)
-    boxes = check_report_options(boxes=args.boxes, steps=args.steps) if args.report else None
+    measure = measure_from_args(args)  # a bad --steps: one line before any work
+    boxes = check_report_options(boxes=args.boxes) if args.report else None
     if args.report and "maps" not in opts.outputs:
         from camscope.errors import UsageError
 
@@ -106,11 +107,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
         import_ray()  # a missing extra: one line, before anything else
         with held_session():  # one Ray session for the explain run and its report
-            return _finish(args, run_explain_ray(args.images, args.out, opts, ray), boxes, ray)
-    return _finish(args, run_explain(args.images, args.out, opts), boxes, None)
+            return _finish(args, run_explain_ray(args.images, args.out, opts, ray), boxes, measure, ray)
+    return _finish(args, run_explain(args.images, args.out, opts), boxes, measure, None)
 
 
-def _finish(args: argparse.Namespace, res: Any, boxes: Any, ray: Any) -> int:
+def _finish(args: argparse.Namespace, res: Any, boxes: Any, measure: Any, ray: Any) -> int:
     """Log the explain run's summary and write its report when asked; the exit code."""
     from camscope.reporting import report_after_explain
 
@@ -121,8 +122,8 @@ def _finish(args: argparse.Namespace, res: Any, boxes: Any, ray: Any) -> int:
     logger.warning(msg) if res.failed else logger.info(msg)
     if args.report and res.loaded is not None and (res.completed or res.skipped):
         code = report_after_explain(
-            res.out, res.loaded, boxes=boxes, steps=args.steps, seed=args.seed,
-            road=args.road, embed=args.embed, progress=not args.quiet, ray=ray,
+            res.out, res.loaded, boxes=boxes, measure=measure, embed=args.embed,
+            progress=not args.quiet, ray=ray,
         )
         return max(res.exit_code, code)
     return res.exit_code

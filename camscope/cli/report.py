@@ -16,7 +16,7 @@ from typing import Any
 
 from camscope.cli.args import add_device_arg, add_quiet_arg, add_ray_args, ray_from_args
 
-__all__ = ["register", "add_measure_args", "add_explain_report_args"]
+__all__ = ["register", "add_measure_args", "add_explain_report_args", "measure_from_args"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,20 @@ def add_explain_report_args(parser: argparse.ArgumentParser) -> None:
     add_measure_args(g)
 
 
+def measure_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~camscope.reporting.evaluate.MeasureSettings` the options ask for (defaults
+    for options a command lacks, such as ``--no-faithfulness`` in ``explain``)."""
+    from camscope.reporting.evaluate import MeasureSettings
+
+    return MeasureSettings(
+        steps=args.steps,
+        seed=args.seed,
+        road=args.road,
+        faithfulness=getattr(args, "faithfulness", True),
+        recompute=getattr(args, "recompute", False),
+    )
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "report",
@@ -103,11 +117,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         weights_file=args.weights_file,
         boxes=args.boxes,
         device=args.device,
-        steps=args.steps,
-        seed=args.seed,
-        road=args.road,
-        faithfulness=args.faithfulness,
-        recompute=args.recompute,
+        measure=measure_from_args(args),
         embed=args.embed,
         trust_checkpoint=args.trust_checkpoint,
         progress=not args.quiet,

@@ -17,7 +17,6 @@ line naming ``--weights FILE`` and the cache path. ``--input-size``, ``--mean`` 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +30,7 @@ from camscope.models.common import (
     IMAGENET_STD,
     PREPROCESS_MODES,
     LoadedModel,
+    ModelSpec,
     Preprocess,
     class_index,
     imagenet_categories,
@@ -54,6 +54,7 @@ __all__ = [
     "LoadedModel",
     "ModelSpec",
     "load_model",
+    "load_spec",
     "loaded_from_module",
     "pick_device",
     "load_from_settings",
@@ -117,82 +118,44 @@ def load_model(
             normalisation.
         trust_remote_code: Hugging Face models only: allow code from the model's repository.
     """
-    source = model_source(name)
-    if trust_remote_code and source != "hf":
+    spec = ModelSpec(
+        name, weights_tag, None if weights_file is None else str(weights_file), preprocess, None,
+        trust_checkpoint, input_size, mean, std, trust_remote_code,
+    )  # fmt: skip
+    return load_spec(spec, device, progress=progress)
+
+
+def load_spec(spec: ModelSpec, device: str | torch.device = "cpu", *, progress: bool = True) -> LoadedModel:
+    """Build the model a :class:`ModelSpec` names, from its source (module docstring), with the
+    spec's preprocessing overrides and class names."""
+    source = model_source(spec.name)
+    if spec.trust_remote_code and source != "hf":
         raise UsageError("--trust-remote-code applies to Hugging Face models (--model hf/...) only")
     if source == "timm":
         from camscope.models.timm_source import load_timm
 
-        loaded = load_timm(
-            name, weights_tag=weights_tag, weights_file=weights_file, preprocess=preprocess,
-            device=device, trust_checkpoint=trust_checkpoint, progress=progress,
-        )
+        loaded = load_timm(spec, device, progress)
     elif source == "hf":
         from camscope.models.hf_source import load_hf
 
-        loaded = load_hf(
-            name, weights_tag=weights_tag, weights_file=weights_file, preprocess=preprocess,
-            device=device, trust_checkpoint=trust_checkpoint, progress=progress,
-            trust_remote_code=trust_remote_code,
-        )
+        loaded = load_hf(spec, device, progress)
     elif source == "import":
         from camscope.models.import_source import load_imported
 
-        loaded = load_imported(
-            name, weights_file=weights_file, preprocess=preprocess, device=device,
-            trust_checkpoint=trust_checkpoint,
-        )
+        loaded = load_imported(spec, device)
     else:
         from camscope.models.torchvision_source import load_torchvision
 
-        loaded = load_torchvision(
-            name, weights_tag=weights_tag, weights_file=weights_file, preprocess=preprocess,
-            device=device, trust_checkpoint=trust_checkpoint, progress=progress,
-        )
+        loaded = load_torchvision(spec, device, progress)
+    input_size, mean, std = spec.input_size, spec.mean, spec.std
     size = parse_input_size(input_size)
     m = parse_channels(mean, "--mean") if mean is not None else None
     s = parse_channels(std, "--std") if std is not None else None
     if size is not None or m is not None or s is not None:
         loaded.preprocess = loaded.preprocess.with_overrides(size, m, s)
+    if spec.labels:
+        loaded.categories = load_class_names(spec.labels)
     return loaded
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Where a model comes from: the ``--model``, ``--weights-tag``, ``--weights``,
-    ``--preprocess``, ``--labels``, ``--trust-checkpoint``, ``--input-size``, ``--mean``,
-    ``--std`` and ``--trust-remote-code`` options, loadable anywhere (the CLI, a run, a remote
-    worker) with :meth:`load`."""
-
-    name: str = "resnet50"
-    weights_tag: str | None = "IMAGENET1K_V1"
-    weights_file: str | None = None
-    preprocess: str = "classic"
-    labels: str | None = None
-    trust_checkpoint: bool = False
-    input_size: str | None = None
-    mean: str | None = None
-    std: str | None = None
-    trust_remote_code: bool = False
-
-    def load(self, device: str | torch.device = "cpu", *, progress: bool = True) -> LoadedModel:
-        """Build the model (see :func:`load_model`), with the class names of ``labels``."""
-        loaded = load_model(
-            self.name,
-            weights_tag=self.weights_tag,
-            weights_file=self.weights_file,
-            preprocess=self.preprocess,
-            device=device,
-            trust_checkpoint=self.trust_checkpoint,
-            progress=progress,
-            input_size=self.input_size,
-            mean=self.mean,
-            std=self.std,
-            trust_remote_code=self.trust_remote_code,
-        )
-        if self.labels:
-            loaded.categories = load_class_names(self.labels)
-        return loaded
 
 
 def pick_device(spec: str | torch.device | None) -> torch.device:

@@ -356,3 +356,29 @@ def seeded_random() -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
         yield
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from: the ``--model``, ``--weights-tag``, ``--weights``,
+    ``--preprocess``, ``--labels``, ``--trust-checkpoint``, ``--input-size``, ``--mean``,
+    ``--std`` and ``--trust-remote-code`` options; picklable, so that the CLI, a run and a
+    remote worker build the same model with :meth:`load`."""
+
+    name: str = "resnet50"
+    weights_tag: str | None = "IMAGENET1K_V1"
+    weights_file: str | None = None
+    preprocess: str = "classic"
+    labels: str | None = None
+    trust_checkpoint: bool = False
+    input_size: Any = None
+    """``(H, W)`` or ``"HxW"`` / ``"N"``: overrides the source's input size."""
+    mean: Any = None
+    std: Any = None
+    trust_remote_code: bool = False
+
+    def load(self, device: str | torch.device = "cpu", *, progress: bool = True) -> LoadedModel:
+        """Build the model (:func:`camscope.models.load_spec`)."""
+        from camscope.models import load_spec
+
+        return load_spec(self, device, progress=progress)

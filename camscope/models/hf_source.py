@@ -27,6 +27,7 @@ from camscope.models.common import (
     IMAGENET_STD,
     PREPROCESS_MODES,
     LoadedModel,
+    ModelSpec,
     Preprocess,
     first_line,
     fit_state_dict,
@@ -77,22 +78,15 @@ def _is_local(target: str) -> bool:
     return Path(target).expanduser().is_dir() or target.startswith((".", "/", "~"))
 
 
-def load_hf(
-    spec: str,
-    *,
-    weights_tag: str | None = "IMAGENET1K_V1",
-    weights_file: str | Path | None = None,
-    preprocess: str = "classic",
-    device: str | torch.device = "cpu",
-    trust_checkpoint: bool = False,
-    progress: bool = True,
-    trust_remote_code: bool = False,
-) -> LoadedModel:
+def load_hf(model_spec: ModelSpec, device: str | torch.device = "cpu", progress: bool = True) -> LoadedModel:
     """Build ``hf/ORG/NAME`` (hub) or ``hf/PATH`` (a ``save_pretrained`` folder).
 
     ``weights_tag`` ``none``: the architecture from the config with random weights;
     ``weights_file``: a local state dict (keys as ``save_pretrained`` writes them) into it.
     """
+    spec, weights_tag, weights_file = model_spec.name, model_spec.weights_tag, model_spec.weights_file
+    preprocess, trust_checkpoint = model_spec.preprocess, model_spec.trust_checkpoint
+    trust_remote_code = model_spec.trust_remote_code
     require("transformers", "hf", f"--model {spec}")
     if preprocess not in PREPROCESS_MODES:
         raise UsageError(f"unknown --preprocess {preprocess!r}; choose from: {', '.join(PREPROCESS_MODES)}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import re
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,6 +21,7 @@ from camscope.errors import UsageError
 from camscope.models.common import (
     PREPROCESS_MODES,
     LoadedModel,
+    ModelSpec,
     Preprocess,
     first_line,
     fit_state_dict,
@@ -36,15 +36,10 @@ def is_import_spec(name: str) -> bool:
     return _SPEC.fullmatch(name) is not None
 
 
-def load_imported(
-    spec: str,
-    *,
-    weights_file: str | Path | None = None,
-    preprocess: str = "classic",
-    device: str | torch.device = "cpu",
-    trust_checkpoint: bool = False,
-) -> LoadedModel:
+def load_imported(model_spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedModel:
     """Import and call ``spec`` (``pkg.mod:callable``), then load ``weights_file`` into it."""
+    spec, weights_file = model_spec.name, model_spec.weights_file
+    preprocess, trust_checkpoint = model_spec.preprocess, model_spec.trust_checkpoint
     m = _SPEC.fullmatch(spec)
     if m is None:
         raise UsageError(f"--model {spec!r}: expected package.module:callable")

@@ -24,6 +24,7 @@ from camscope.io.rundir import RANDOM_WEIGHTS
 from camscope.models.common import (
     PREPROCESS_MODES,
     LoadedModel,
+    ModelSpec,
     Preprocess,
     classifier_outputs,
     first_line,
@@ -54,17 +55,10 @@ def _check_name(timm: Any, spec: str, name: str) -> None:
     raise UsageError(f"--model {spec}: {name!r} is not a timm model; {hint}")
 
 
-def load_timm(
-    spec: str,
-    *,
-    weights_tag: str | None = "IMAGENET1K_V1",
-    weights_file: str | Path | None = None,
-    preprocess: str = "classic",
-    device: str | torch.device = "cpu",
-    trust_checkpoint: bool = False,
-    progress: bool = True,
-) -> LoadedModel:
+def load_timm(model_spec: ModelSpec, device: str | torch.device = "cpu", progress: bool = True) -> LoadedModel:
     """Build ``timm/NAME`` with pretrained, local (``weights_file``) or random weights."""
+    spec, weights_tag, weights_file = model_spec.name, model_spec.weights_tag, model_spec.weights_file
+    preprocess, trust_checkpoint = model_spec.preprocess, model_spec.trust_checkpoint
     timm = require("timm", "timm", f"--model {spec}")
     if preprocess not in PREPROCESS_MODES:
         raise UsageError(f"unknown --preprocess {preprocess!r}; choose from: {', '.join(PREPROCESS_MODES)}")

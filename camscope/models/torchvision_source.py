@@ -21,6 +21,7 @@ from camscope.io.rundir import RANDOM_WEIGHTS
 from camscope.models.common import (
     PREPROCESS_MODES,
     LoadedModel,
+    ModelSpec,
     Preprocess,
     classifier_outputs,
     fit_state_dict,
@@ -76,27 +77,18 @@ def _download_state_dict(weights: Any, progress: bool) -> dict[str, Tensor]:
         ) from None
 
 
-def load_torchvision(
-    name: str = "resnet50",
-    *,
-    weights_tag: str | None = "IMAGENET1K_V1",
-    weights_file: str | Path | None = None,
-    preprocess: str = "classic",
-    device: str | torch.device = "cpu",
-    trust_checkpoint: bool = False,
-    progress: bool = True,
-) -> LoadedModel:
-    """Build a torchvision classifier with weights.
+def load_torchvision(model_spec: ModelSpec, device: str | torch.device = "cpu", progress: bool = True) -> LoadedModel:
+    """Build a torchvision classifier with weights (``model_spec.name``: ``resnet50``...).
 
-    Args:
-        name: any torchvision classification model (``resnet50``, ``vgg16``, ``convnext_tiny``...).
-        weights_tag: entry of the model's weights enum (``IMAGENET1K_V1``, ``DEFAULT``...), or
-            ``None``/``"none"`` for random weights. With ``weights_file`` it still supplies the
-            class names and preprocessing.
-        weights_file: a local state dict (loaded with ``weights_only=True``).
-        preprocess: ``"classic"`` (resize to 224x224) or ``"weights"`` (the weights' transform).
+    ``weights_tag``: entry of the model's weights enum (``IMAGENET1K_V1``, ``DEFAULT``...), or
+    ``None``/``"none"`` for random weights; with ``weights_file`` it still supplies the class
+    names and preprocessing. ``preprocess``: ``"classic"`` (resize to 224x224) or ``"weights"``
+    (the weights' transform).
     """
     import torchvision.models as tvm
+
+    name, weights_tag, weights_file = model_spec.name, model_spec.weights_tag, model_spec.weights_file
+    preprocess, trust_checkpoint = model_spec.preprocess, model_spec.trust_checkpoint
 
     if preprocess not in PREPROCESS_MODES:
         raise UsageError(f"unknown --preprocess {preprocess!r}; choose from: {', '.join(PREPROCESS_MODES)}")

@@ -11,8 +11,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from camscope.errors import UsageError
-from camscope.reporting.evaluate import DEFAULT_STEPS, EvaluationResult, evaluate_run
+from camscope.reporting.evaluate import (
+    EvaluationResult,
+    MeasureSettings,
+    evaluate_run,
+    measure_settings,
+)
 from camscope.reporting.html import ReportFiles, write_report
 
 __all__ = ["check_report_options", "build_report", "report_after_explain"]
@@ -20,13 +24,11 @@ __all__ = ["check_report_options", "build_report", "report_after_explain"]
 logger = logging.getLogger(__name__)
 
 
-def check_report_options(*, boxes: str | Path | None = None, steps: int = DEFAULT_STEPS) -> dict | None:
-    """Validate report options before any work (a bad box file fails in seconds, not after the
-    explain run); returns the loaded box table or None."""
+def check_report_options(*, boxes: str | Path | None = None) -> dict | None:
+    """Load the box file before any work (a bad one fails in seconds, not after the explain
+    run); returns the loaded box table or None."""
     from camscope.metrics import load_boxes
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UsageError(f"--steps must be a positive integer, not {steps!r}")
     return load_boxes(boxes) if boxes is not None else None
 
 
@@ -37,45 +39,29 @@ def build_report(
     weights_file: str | Path | None = None,
     boxes: str | Path | dict | None = None,
     device: Any = None,
-    steps: int = DEFAULT_STEPS,
-    seed: int = 0,
-    road: bool = True,
-    faithfulness: bool = True,
-    recompute: bool = False,
+    measure: MeasureSettings | None = None,
     embed: bool = False,
     trust_checkpoint: bool = False,
     progress: bool = False,
     ray: Any = None,
+    **options: Any,
 ) -> tuple[EvaluationResult, ReportFiles]:
-    """Measure (reusing cached metrics) and write the report; the library entry point. With
-    ``ray`` (:class:`camscope.distributed.RayOptions`) the photos are measured on a Ray
-    cluster (the model is rebuilt there; ``model`` is not used)."""
-    table = check_report_options(boxes=boxes, steps=steps) if not isinstance(boxes, dict) else boxes
+    """Measure (reusing cached metrics) and write the report; the library entry point.
+    ``measure`` (:class:`~camscope.reporting.evaluate.MeasureSettings`) or its fields as
+    ``options`` (``steps=12, road=False``...) say what to measure. With ``ray``
+    (:class:`camscope.distributed.RayOptions`) the photos are measured on a Ray cluster (the
+    model is rebuilt there; ``model`` is not used)."""
+    measure = measure_settings(measure, options)
+    table = check_report_options(boxes=boxes) if not isinstance(boxes, dict) else boxes
+    common = dict(weights_file=weights_file, boxes=table, device=device, measure=measure,
+                  trust_checkpoint=trust_checkpoint, progress=progress)
     if ray is not None:
         from camscope.distributed import evaluate_run_ray
 
-        ev = evaluate_run_ray(
-            out_dir, ray, weights_file=weights_file, boxes=table, device=device, seed=seed, steps=steps,
-            faithfulness=faithfulness, road=road, recompute=recompute, trust_checkpoint=trust_checkpoint,
-            progress=progress,
-        )  # fmt: skip
-        return ev, write_report(out_dir, ev.images, embed=embed)
-    ev = evaluate_run(
-        out_dir,
-        model=model,
-        weights_file=weights_file,
-        boxes=table,
-        device=device,
-        seed=seed,
-        steps=steps,
-        faithfulness=faithfulness,
-        road=road,
-        recompute=recompute,
-        trust_checkpoint=trust_checkpoint,
-        progress=progress,
-    )
-    files = write_report(out_dir, ev.images, embed=embed)
-    return ev, files
+        ev = evaluate_run_ray(out_dir, ray, **common)
+    else:
+        ev = evaluate_run(out_dir, model=model, **common)
+    return ev, write_report(out_dir, ev.images, embed=embed)
 
 
 def report_after_explain(
@@ -83,9 +69,7 @@ def report_after_explain(
     loaded: Any,
     *,
     boxes: str | Path | dict | None = None,
-    steps: int = DEFAULT_STEPS,
-    seed: int = 0,
-    road: bool = True,
+    measure: MeasureSettings | None = None,
     embed: bool = False,
     progress: bool = True,
     ray: Any = None,
@@ -94,7 +78,5 @@ def report_after_explain(
     device), write the report. Returns an exit code (0, or 1 if some photos could not be
     measured completely).
     """
-    ev, files = build_report(
-        out_dir, model=loaded, boxes=boxes, steps=steps, seed=seed, road=road, embed=embed, progress=progress, ray=ray
-    )
+    ev, _ = build_report(out_dir, model=loaded, boxes=boxes, measure=measure, embed=embed, progress=progress, ray=ray)
     return ev.exit_code

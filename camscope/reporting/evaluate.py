@@ -58,6 +58,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "ROAD_FRACTIONS",
     "EvaluationResult",
+    "MeasureSettings",
     "Measured",
     "PhotoMeasurer",
     "add_measured",
@@ -87,6 +88,40 @@ _REGIONS = (
     ("left", "centre", "right"),
     ("bottom-left", "bottom", "bottom-right"),
 )
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """What ``camscope report`` measures, declared once (the CLI, ``build_report``,
+    ``evaluate_run``, the photo measurer and its Ray workers take it).
+
+    Attributes:
+        steps: deletion/insertion steps (``2 * (steps + 1)`` forwards per map).
+        seed: seed of ROAD's imputation noise (every other metric is deterministic).
+        faithfulness: compute model-based metrics at all; False gives map-only metrics.
+        road: compute ROAD (the costliest metric; CPU sparse solves).
+        batch_size: images per forward of the metrics.
+        recompute: recompute the model-based metrics even when cached (localisation without
+            new boxes is still kept from the cache).
+    """
+
+    steps: int = DEFAULT_STEPS
+    seed: int = 0
+    faithfulness: bool = True
+    road: bool = True
+    batch_size: int = 64
+    recompute: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise UsageError(f"--steps must be a positive integer, not {self.steps!r}")
+
+
+def measure_settings(measure: MeasureSettings | None, options: dict[str, Any]) -> MeasureSettings:
+    """``measure``, or its fields given as keyword ``options`` (not both)."""
+    if measure is not None and options:
+        raise TypeError(f"give measure= or its fields ({', '.join(options)}), not both")
+    return measure or MeasureSettings(**options)
 
 
 @dataclass
@@ -326,14 +361,10 @@ def evaluate_run(
     weights_file: str | Path | None = None,
     boxes: str | Path | dict | None = None,
     device: str | torch.device | None = None,
-    seed: int = 0,
-    steps: int = DEFAULT_STEPS,
-    faithfulness: bool = True,
-    road: bool = True,
-    batch_size: int = 64,
-    recompute: bool = False,
+    measure: MeasureSettings | None = None,
     trust_checkpoint: bool = False,
     progress: bool = False,
+    **options: Any,
 ) -> EvaluationResult:
     """Measure every complete photo of the explain run in ``out_dir``; write ``DIR/metrics/``.
 
@@ -346,24 +377,20 @@ def evaluate_run(
             :func:`camscope.metrics.load_boxes`) or an already loaded table.
         device: where to rebuild the model (default: CUDA when available). A given ``model``
             is used on its own device.
-        seed: seed of ROAD's imputation noise (every other metric is deterministic).
-        steps: deletion/insertion steps (see the module docstring for the cost).
-        faithfulness: compute model-based metrics at all; False gives map-only metrics.
-        road: compute ROAD (the costliest metric; CPU sparse solves).
-        recompute: recompute the model-based metrics even when cached (localisation without
-            new ``boxes`` is still kept from the cache).
+        measure: what to measure (:class:`MeasureSettings`); or its fields as ``options``
+            (``steps=12, road=False``...).
     """
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     out = Path(out_dir)
+    measure = measure_settings(measure, options)
     manifest = RunDir(out).load()
-    check_measurable(out, manifest, steps)
+    check_measurable(out, manifest)
     measurer = PhotoMeasurer(
-        out, manifest, model=model, weights_file=weights_file, boxes=boxes, device=device, seed=seed, steps=steps,
-        faithfulness=faithfulness, road=road, batch_size=batch_size, recompute=recompute,
+        out, manifest, measure, model=model, weights_file=weights_file, boxes=boxes, device=device,
         trust_checkpoint=trust_checkpoint, progress=progress,
-    )  # fmt: skip
+    )
     result = EvaluationResult(out)
     images = manifest.complete()
     for rel, rec in tqdm(images.items(), desc="measuring", unit="img", disable=not progress):
@@ -373,10 +400,8 @@ def evaluate_run(
     return result
 
 
-def check_measurable(out: Path, manifest: Manifest, steps: Any) -> None:
-    """One-line errors before any work: bad ``steps``, or a run that wrote no maps."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UsageError(f"--steps must be a positive integer, not {steps!r}")
+def check_measurable(out: Path, manifest: Manifest) -> None:
+    """One-line error before any work for a run that wrote no maps."""
     images = manifest.complete()
     if images and not any("maps" in rec.kinds() for rec in images.values()):
         kinds = ",".join(manifest.output_kinds or ()) or "without maps"
@@ -413,17 +438,12 @@ class PhotoMeasurer:
         self,
         out_dir: str | Path,
         manifest: Manifest,
+        measure: MeasureSettings,
         *,
         model: Any = None,
         weights_file: str | Path | None = None,
         boxes: str | Path | dict | None = None,
         device: str | torch.device | None = None,
-        seed: int = 0,
-        steps: int = DEFAULT_STEPS,
-        faithfulness: bool = True,
-        road: bool = True,
-        batch_size: int = 64,
-        recompute: bool = False,
         trust_checkpoint: bool = False,
         progress: bool = False,
     ) -> None:
@@ -439,11 +459,12 @@ class PhotoMeasurer:
             model = LoadedModel(model, manifest.settings.model, manifest.settings.weights, None, self.preprocess)
         self.provider = _Model(model, manifest.settings, weights_file, device, trust_checkpoint, progress)
         self.variants = list(manifest.outputs)
+        m = measure
         self.options = {
-            "faithfulness": faithfulness, "road": road, "steps": steps, "seed": seed,
-            "batch_size": batch_size, "recompute": recompute,
-            "faith_key": {"steps": steps, "score": SCORE, "delete": "zero", "insert": "blur", "adi": "pixel-space"},
-            "road_key": {"fractions": list(ROAD_FRACTIONS), "noise": ROAD_NOISE, "seed": seed, "score": SCORE},
+            "faithfulness": m.faithfulness, "road": m.road, "steps": m.steps, "seed": m.seed,
+            "batch_size": m.batch_size, "recompute": m.recompute,
+            "faith_key": {"steps": m.steps, "score": SCORE, "delete": "zero", "insert": "blur", "adi": "pixel-space"},
+            "road_key": {"fractions": list(ROAD_FRACTIONS), "noise": ROAD_NOISE, "seed": m.seed, "score": SCORE},
         }  # fmt: skip
 
     def measure(self, rel: str, rec: ImageRecord) -> Measured:

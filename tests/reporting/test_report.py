@@ -32,6 +32,7 @@ from camscope.cli import main
 from camscope.models import LoadedModel, Preprocess
 from camscope.pipeline import ExplainOptions, run_explain
 from camscope.reporting import build_report, report_after_explain
+from camscope.reporting.evaluate import MeasureSettings
 
 SPECIAL_DIR = '<script>alert("x")<'
 SPECIAL_FILE = "script> & 'q'.png"
@@ -102,7 +103,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         wrong = dog["top5"][1]
         dog.update(true_class=wrong["class"], true_name=wrong["name"], correct=False)
         (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-        code = report_after_explain(out, loaded, boxes=boxes, steps=STEPS, progress=False)
+        code = report_after_explain(out, loaded, boxes=boxes, measure=MeasureSettings(steps=STEPS), progress=False)
     assert code == 0
     return out
 
