@@ -298,6 +298,15 @@ def _map_hw(
     return grid, plausible_grid(grid[0], grid[1], hw[0], hw[1])
 
 
+def _refuse_early(label: str, name: str, first: str, example: str = "") -> None:
+    """The generic fallback's choice runs before the model's first ``first``: refused."""
+    raise UsageError(
+        f"no default layer for {label}: the last layer with a spatial output, {name!r}, runs "
+        f"before the model's first {first}, so its maps show the input, not what the model "
+        f"decided; pass --layer NAME{example}"
+    )
+
+
 def fallback_layer(
     model: nn.Module, input_size: Sequence[int] = DEFAULT_INPUT_SIZE, *, arch: str | None = None
 ) -> str:
@@ -374,12 +383,7 @@ def fallback_layer(
     if attn:
         first = min(attn, key=lambda c: c["start"])
         if choice["end"] < first["start"]:
-            raise UsageError(
-                f"no default layer for {label}: the last layer with a spatial output, {name!r}, "
-                f"runs before the model's first transformer block ({first['name']!r}), so its maps "
-                "show the input, not what the model decided; pass --layer NAME (e.g. the norm "
-                "before a late block's attention)"
-            )
+            _refuse_early(label, name, f"transformer block ({first['name']!r})", " (e.g. the norm before a late block's attention)")
     downs = [
         c for c in calls
         if c["map"] is not None and c["map"][1] and 1 < c["map"][0][0] * c["map"][0][1]
@@ -388,11 +392,7 @@ def fallback_layer(
     if downs:
         first_down = min(downs, key=lambda c: c["end"])
         if choice["end"] < first_down["end"]:
-            raise UsageError(
-                f"no default layer for {label}: the last layer with a spatial output, {name!r}, "
-                f"runs before the model's first downsampling ({first_down['name']!r}), so its maps "
-                "show the input, not what the model decided; pass --layer NAME"
-            )
+            _refuse_early(label, name, f"downsampling ({first_down['name']!r})")
     with_params = [c["end"] for c in calls if c["params"]]
     if with_params:
         done = sum(1 for e in with_params if e <= choice["end"])

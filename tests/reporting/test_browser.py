@@ -12,7 +12,6 @@ installs the Debian packages ``chromium`` and ``chromium-driver`` and the ``test
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import math
@@ -30,6 +29,7 @@ import pytest
 import torch
 from PIL import Image
 
+from camscope.core.threads import torch_threads
 from camscope.io.rundir import is_random_weights
 from camscope.models import LoadedModel, Preprocess
 from camscope.pipeline import ExplainOptions, run_explain
@@ -62,16 +62,6 @@ def known_map() -> np.ndarray:
     return np.kron(blocks, np.ones((H // 8, W // 8), dtype=np.float32))
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _finite(x: Any) -> float | None:
     return None if x is None or math.isnan(x) else float(x)
 
@@ -94,7 +84,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, make_tiny_cnn: Callable[..
     torch.manual_seed(0)
     loaded = LoadedModel(make_tiny_cnn(seed=3, classes=len(CLASSES)), "tiny", "random (no weights)",
                          list(CLASSES), Preprocess("classic", (H, W)))
-    with one_thread():
+    with torch_threads(1):
         res = run_explain(
             [src], out,
             ExplainOptions(methods=["gradcam", "scorecam"], smoothing=["aug"], figures=False, quiet=True,

@@ -29,6 +29,7 @@ from torch import nn
 
 import camscope.reporting
 from camscope.cli import main
+from camscope.core.threads import torch_threads
 from camscope.models import LoadedModel, Preprocess
 from camscope.pipeline import ExplainOptions, run_explain
 from camscope.reporting import build_report, report_after_explain
@@ -60,17 +61,6 @@ class Exploding(nn.Module):
         raise AssertionError("the model must not run when every metric is cached")
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Two torch threads on a shared 2-core machine are ~10x slower than one for tiny convs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _loaded(model: nn.Module | None = None) -> LoadedModel:
     torch.manual_seed(0)
     return LoadedModel((model or Tiny()).eval(), "tiny", "random", list(CLASSES), Preprocess("classic", (64, 64)))
@@ -90,7 +80,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     boxes.write_text("file,x0,y0,x1,y1\ncat.png,10,10,30,30\n", encoding="utf-8")
     out = root / "out"
     loaded = _loaded()
-    with one_thread():
+    with torch_threads(1):
         res = run_explain(
             [src], out,
             ExplainOptions(methods=["gradcam", "scorecam"], smoothing=["aug"], figures=False, quiet=True, device="cpu"),
@@ -174,7 +164,7 @@ def test_html_escapes_user_strings(run_dir: Path) -> None:
 
 def test_rebuild_reuses_cached_metrics(run_dir: Path, tmp_path: Path) -> None:
     before = _metrics(run_dir)
-    with one_thread():
+    with torch_threads(1):
         ev, files = build_report(run_dir, model=_loaded(Exploding()), steps=STEPS)
     assert ev.computed == {"faithfulness": 0, "road": 0}
     assert ev.reused == {"faithfulness": 3 * N_VARIANTS, "road": 3 * N_VARIANTS}
@@ -191,7 +181,7 @@ def test_changed_map_is_remeasured_and_map_only_mode(run_dir: Path, tmp_path: Pa
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     npy = out / manifest["images"]["cat.png"]["files"]["scorecam"][1]
     np.save(npy, np.load(npy)[::-1].copy())
-    with one_thread():
+    with torch_threads(1):
         ev, _ = build_report(out, model=_loaded(), steps=STEPS)
     assert ev.computed == {"faithfulness": 1, "road": 1}
     ev2, files = build_report(out, faithfulness=False, recompute=True)
@@ -328,7 +318,7 @@ def test_report_opens_in_headless_chromium(run_dir: Path, tmp_path: Path) -> Non
         assert np.unique(np.asarray(im.convert("L").resize((64, 120)))).size > 20  # not a blank page
 
     # 2. --embed: report.html alone, moved away from DIR, still shows every image.
-    with one_thread():
+    with torch_threads(1):
         build_report(out, steps=STEPS, embed=True)
     alone = tmp_path / "alone"
     alone.mkdir()
