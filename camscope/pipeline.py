@@ -188,7 +188,8 @@ class Explainer:
     """Explains batches of images and writes each image's files into a run folder.
 
     Built once per process (the local run, or one remote worker): it owns the model's engine.
-    ``layer``, ``target`` and ``k`` come from the plan, so that every process explains the same.
+    ``layer``, ``target`` and ``k`` come from the plan, so that every process explains the same;
+    the local run also hands over the plan's ``engine`` (the model is split once).
     """
 
     def __init__(
@@ -200,27 +201,14 @@ class Explainer:
         layer: str | None,
         target: int | None,
         k: int,
+        engine: Any = None,
     ) -> None:
-        from camscope.core.engine import CamEngine
-        from camscope.methods import get_method
-        from camscope.smoothing import parse_smoothing
-
         self.opts = opts
         self.loaded = loaded
         self.rundir = rundir
-        self.methods = list(dict.fromkeys(get_method(m).name for m in opts.methods))
-        self.variants = parse_smoothing(list(opts.smoothing))
-        self.engine = CamEngine(
-            loaded.model,
-            layer,
-            methods=self.methods,
-            smoothing=list(opts.smoothing),
-            normalization=loaded.preprocess.normalization,
-            speed=opts.speed,
-            progress=not opts.quiet,
-            reshape=opts.reshape,
-            input_size=(1, 3, *loaded.preprocess.size),
-        )
+        self.engine = engine or build_engine(opts, loaded, layer)
+        self.methods = [m.name for m in self.engine.methods]
+        self.variants = self.engine.variants
         self.target = target
         self.k = k
         self.device = _device_of(loaded.model)
@@ -397,6 +385,26 @@ class Plan:
     layer: str
     target: int | None
     k: int
+    engine: Any = field(default=None, repr=False)
+    """The :class:`~camscope.core.engine.CamEngine` the plan split the model with."""
+
+
+def build_engine(opts: ExplainOptions, loaded: Any, layer: str | None) -> Any:
+    """The engine of a run: ``opts``' methods, smoothing, speed and reshape on ``loaded``."""
+    from camscope.core.engine import CamEngine
+    from camscope.methods import get_method
+
+    return CamEngine(
+        loaded.model,
+        layer,
+        methods=list(dict.fromkeys(get_method(m).name for m in opts.methods)),
+        smoothing=list(opts.smoothing),
+        normalization=loaded.preprocess.normalization,
+        speed=opts.speed,
+        progress=not opts.quiet,
+        reshape=opts.reshape,
+        input_size=(1, 3, *loaded.preprocess.size),
+    )
 
 
 def plan_run(inputs: Sequence[str | Path], out: str | Path, opts: ExplainOptions, *, loaded: Any = None) -> Plan:
@@ -406,10 +414,6 @@ def plan_run(inputs: Sequence[str | Path], out: str | Path, opts: ExplainOptions
     ``loaded`` may carry an already built :class:`camscope.models.LoadedModel` (for any
     ``nn.Module``); otherwise the model is built from ``opts``.
     """
-    from camscope.core.capture import model_state_guard
-    from camscope.core.layers import canonical_layer_name, default_layer
-    from camscope.core.reshape import Reshape
-    from camscope.core.tail import split_model
     from camscope.io.images import find_images
     from camscope.methods import get_method
     from camscope.models import class_index, load_class_names, pick_device
@@ -430,13 +434,9 @@ def plan_run(inputs: Sequence[str | Path], out: str | Path, opts: ExplainOptions
         loaded.categories = load_class_names(opts.model_spec.labels)
     if opts.layer:
         _check_layer(loaded, opts.layer, opts.reshape)
-    h, w = loaded.preprocess.size
-    with model_state_guard(loaded.model), torch.no_grad():
-        if opts.layer:
-            layer = canonical_layer_name(loaded.model, opts.layer)
-        else:
-            layer = default_layer(loaded.model, input_size=(1, 3, h, w))
-        reshape = split_model(loaded.model, layer, reshape=Reshape.parse(opts.reshape)).resolve_reshape((1, 3, h, w))
+    engine = build_engine(opts, loaded, opts.layer)
+    layer = engine.layer
+    reshape = engine.resolve_reshape(loaded.preprocess.size)
     num_classes = _num_outputs(loaded, device)
     if loaded.categories is not None and len(loaded.categories) != num_classes:
         raise UsageError(
@@ -485,7 +485,7 @@ def plan_run(inputs: Sequence[str | Path], out: str | Path, opts: ExplainOptions
             skipped.append(item.rel)
         else:
             todo.append(PlannedImage(item.path, item.rel, stems[item.rel]))
-    return Plan(rundir, manifest, todo, skipped, loaded, layer, target, k)
+    return Plan(rundir, manifest, todo, skipped, loaded, layer, target, k, engine)
 
 
 def run_explain(
@@ -507,7 +507,9 @@ def run_explain(
     opts = opts or ExplainOptions()
     t_start = time.perf_counter()
     plan = plan_run(inputs, out, opts, loaded=loaded)
-    explainer = Explainer(opts, plan.loaded, plan.rundir, layer=plan.layer, target=plan.target, k=plan.k)
+    explainer = Explainer(
+        opts, plan.loaded, plan.rundir, layer=plan.layer, target=plan.target, k=plan.k, engine=plan.engine
+    )
     # ---- every check passed: only now is anything created under ``out`` ----------------------
     plan.rundir.create()
     manifest = plan.manifest
