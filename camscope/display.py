@@ -56,28 +56,17 @@ def _weights(res: CamResult) -> str | None:
     return getattr(res.model, "weights", None)
 
 
-def _variants(res: CamResult, methods: Sequence[str] | None) -> list[str]:
-    """Variant names of the result (plain first), limited to ``methods`` (method or variant names)."""
-    from camscope.io.rundir import parse_variant
-
-    names = list(res.maps)
-    if methods is None:
-        return names
-    wanted = set(methods)
-    return [n for n in names if n in wanted or parse_variant(n)[0] in wanted]
-
-
 def result_figure(
     res: CamResult, i: int, methods: Sequence[str] | None = None, *, rank: int = 0,
     alpha: float = 0.5, colormap: str = "jet",
 ) -> Any:
-    """The CLI's comparison figure for image ``i`` and its ``rank``-th explained class."""
+    """The CLI's comparison figure for image ``i`` and its ``rank``-th explained class, limited
+    to ``methods`` (method names; every variant of each)."""
     from camscope.pipeline import figure_rows, figure_title
     from camscope.render import comparison_figure
     from camscope.smoothing import Smoothing
 
-    keep = set(_variants(res, methods))
-    chosen = [m for m in res.methods if any(n in keep for n in _names_of(res, m))]
+    chosen = [m for m in res.methods if methods is None or m in methods]
     if not chosen:
         raise ValueError(f"none of {list(methods or [])} is in this result ({', '.join(res.maps)})")
     cls = int(res.targets[i, rank])
@@ -87,12 +76,6 @@ def result_figure(
     rows = figure_rows(maps, rank, chosen, variants, label)
     title = figure_title(_name(res, i), label, None, _weights(res))
     return comparison_figure(res.photo(i), rows, suptitle=title, alpha=alpha, colormap=colormap)
-
-
-def _names_of(res: CamResult, method: str) -> list[str]:
-    from camscope.io.rundir import variant_name
-
-    return [variant_name(method, parts) for parts in res.smoothing]
 
 
 def _thumb(image: Any, side: int = THUMB_SIDE) -> str:
