@@ -22,7 +22,7 @@ from camscope.core.postprocess import finalize, first_component, weighted_activa
 from camscope.core.reshape import Reshape
 from camscope.core.runtime import Runtime, SpeedSettings
 from camscope.io.rundir import variant_name
-from camscope.methods.registry import MethodSpec, get_method
+from camscope.methods.registry import METHODS, MethodSpec, get_method
 from camscope.smoothing import Smoothing, expand_views, fold_views, parse_smoothing
 
 __all__ = ["CamEngine", "CamResult", "compute_cams", "concat_results"]
@@ -160,6 +160,12 @@ class CamEngine:
         self.methods: list[MethodSpec] = [get_method(m) for m in methods]
         if not self.methods:
             raise UsageError("no method given")
+        for spec in self.methods:
+            why = spec.refusal(model)
+            if why:
+                fits = [s.name for s in METHODS.values() if s.refusal(model) is None]
+                raise UsageError(f"method {spec.name!r} cannot explain this model: {why}; "
+                                 f"methods that can: {', '.join(fits)}")
         self.variants: list[Smoothing] = parse_smoothing(smoothing)
         self.normalization = normalization
         self.runtime = Runtime(model, self.split, speed, progress=progress)
@@ -227,7 +233,11 @@ class CamEngine:
         maps: dict[str, Tensor] = {}
         for spec in self.methods:
             t0 = time.perf_counter()
-            weighted = weighted_activations(spec.fn(cap, self.runtime), cap.activations)
+            out = spec.fn(cap, self.runtime)
+            if spec.output == "map":  # raw maps (R,h,w): one "channel" for the shared reduction
+                weighted = out[:, None].to(cap.activations.dtype)
+            else:
+                weighted = weighted_activations(out, cap.activations)
             weighted = weighted.reshape(b, n_aug, k, *weighted.shape[1:])
             for variant in self.variants:
                 name = variant_name(spec.name, variant.parts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -26,6 +27,13 @@ class MethodSpec:
     ``fn(cap, rt)`` returns channel weights (R,K) or element weights (R,K,h,w); the engine forms
     ``w * A``, reduces over channels (``reduce="sum"``, or ``"pca"``: first principal component)
     and hands the result to ``core.postprocess.finalize``.
+
+    ``output="map"``: ``fn`` returns raw maps (R,h,w) at any resolution (an attention method's
+    token grid, a pixel-level map from the input gradient); the engine skips ``w * A`` and hands
+    them to ``finalize`` (ReLU, upsampling, normalisation) as they are.
+
+    ``applies_to(model)`` returns None when the method can explain ``model``, else the one-line
+    reason it cannot (e.g. "needs attention blocks"); None (the default) means every model.
     """
 
     name: str
@@ -38,6 +46,12 @@ class MethodSpec:
     forward_passes: str = "0"
     reduce: str = "sum"
     aliases: tuple[str, ...] = ()
+    output: str = "weights"
+    applies_to: Callable[[Any], str | None] | None = None
+
+    def refusal(self, model: Any) -> str | None:
+        """Why this method cannot explain ``model`` (one line), or None when it can."""
+        return None if self.applies_to is None else self.applies_to(model)
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -55,16 +69,21 @@ def register(
     forward_passes: str = "0",
     reduce: str = "sum",
     aliases: tuple[str, ...] = (),
+    output: str = "weights",
+    applies_to: Callable[[Any], str | None] | None = None,
 ) -> Callable[[WeightFn], WeightFn]:
     """Decorator registering a weight function under ``name``."""
     if reduce not in ("sum", "pca"):
         raise ValueError(f"reduce must be 'sum' or 'pca', not {reduce!r}")
+    if output not in ("weights", "map"):
+        raise ValueError(f"output must be 'weights' or 'map', not {output!r}")
 
     def deco(fn: WeightFn) -> WeightFn:
         if name in METHODS or name in _ALIASES:
             raise ValueError(f"method {name!r} is registered twice")
         METHODS[name] = MethodSpec(
-            name, title, fn, paper, url, equation, needs_gradients, forward_passes, reduce, aliases
+            name, title, fn, paper, url, equation, needs_gradients, forward_passes, reduce, aliases,
+            output, applies_to,
         )
         for alias in aliases:
             _ALIASES[alias] = name
