@@ -43,6 +43,8 @@ __all__ = [
     "MethodScore",
     "BenchTable",
     "run_synthetic_benchmark",
+    "SeedsTable",
+    "run_synthetic_seeds",
 ]
 
 logger = logging.getLogger(__name__)
@@ -210,6 +212,7 @@ def run_synthetic_benchmark(
     model: torch.nn.Module | None = None,
     model_kind: str = "cnn",
     layer: str | None = None,
+    train_seed: int = 0,
 ) -> BenchTable:
     """Pointing game and energy-in-mask of every method on held-out synthetic scenes.
 
@@ -229,6 +232,8 @@ def run_synthetic_benchmark(
         model_kind: ``"cnn"`` (SmallCNN) or ``"vit"`` (the small ViT of
             :mod:`camscope.synthetic_vit`).
         layer: target layer (default: the model kind's).
+        train_seed: seed of the model's training (its scenes and initialisation); trained
+            models differ with it, and so do their maps (:func:`run_synthetic_seeds`).
 
     Returns:
         A :class:`BenchTable`, rows in method order (plain, then each smoothing variant).
@@ -245,7 +250,6 @@ def run_synthetic_benchmark(
         raise UsageError(f"n_scenes: expected a positive integer, got {n_scenes!r}")
     if images_per_batch < 1:
         raise UsageError(f"images_per_batch must be at least 1, not {images_per_batch}")
-    train_seed = 0
     if seed == train_seed:
         raise UsageError(f"seed {seed} is the training seed; held-out scenes need another seed")
     names = list(dict.fromkeys(get_method(m).name for m in (methods or method_names())))
@@ -257,12 +261,12 @@ def run_synthetic_benchmark(
     if model_kind == "vit":
         from camscope import synthetic_vit as V
 
-        description = f"small ViT v{V.VIT_VERSION}"
+        description = f"small ViT v{V.VIT_VERSION} (training seed {train_seed})"
         layer = layer or V.VIT_TARGET_LAYER
         if model is None:
             model = V.load_or_train_vit(cache_dir, device=device, seed=train_seed, progress=progress)
     else:
-        description = f"SmallCNN v{S.VERSION}"
+        description = f"SmallCNN v{S.VERSION} (training seed {train_seed})"
         layer = layer or S.TARGET_LAYER
         if model is None:
             model = S.load_or_train(cache_dir, device=device, seed=train_seed, progress=progress)
@@ -340,3 +344,143 @@ def run_synthetic_benchmark(
         model=description,
         seconds=time.perf_counter() - t_start,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Over training seeds
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SeedSpread:
+    """One method over several trained models: mean, min and max of its scores."""
+
+    method: str
+    title: str
+    pointing: tuple[float, float, float]
+    ratio: tuple[float, float, float]
+    passed: int
+    n_models: int
+
+
+def _spread(values: Sequence[float]) -> tuple[float, float, float]:
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.min()), float(v.max())
+
+
+@dataclass
+class SeedsTable:
+    """:func:`run_synthetic_seeds`: the benchmark of one model trained with several seeds.
+
+    A model trained on another machine differs in its last bits, and training amplifies them;
+    the spread over training seeds is the range a user's own run falls in.
+    """
+
+    tables: list[BenchTable]
+    seeds: list[int]
+    command: str = ""
+
+    @property
+    def rows(self) -> list[SeedSpread]:
+        out = []
+        for i, first in enumerate(self.tables[0].rows):
+            per_seed = [t.rows[i] for t in self.tables]
+            out.append(
+                SeedSpread(
+                    method=first.method,
+                    title=first.title,
+                    pointing=_spread([r.pointing for r in per_seed]),
+                    ratio=_spread([r.ratio for r in per_seed]),
+                    passed=sum(r.passed for r in per_seed),
+                    n_models=len(per_seed),
+                )
+            )
+        return out
+
+    @property
+    def all_passed(self) -> bool:
+        return all(t.all_passed for t in self.tables)
+
+    def _cells(self) -> tuple[list[str], list[list[str]]]:
+        head = ["method", "pointing game: mean (min-max)", "energy / area: mean (min-max)", "models passing"]
+        body = [
+            [
+                r.method,
+                f"{100 * r.pointing[0]:.1f} % ({100 * r.pointing[1]:.1f}-{100 * r.pointing[2]:.1f})",
+                f"{r.ratio[0]:.2f}x ({r.ratio[1]:.2f}-{r.ratio[2]:.2f})",
+                f"{r.passed}/{r.n_models}",
+            ]
+            for r in self.rows
+        ]
+        return head, body
+
+    def caption(self) -> str:
+        first = self.tables[0]
+        acc = _spread([t.accuracy for t in self.tables])
+        model = first.model.split(" (training seed")[0]
+        text = (
+            f"{first.n_scenes} held-out scenes (seed {first.seed}), {model} trained with seeds "
+            f"{', '.join(map(str, self.seeds))}, layer {first.layer!r}; classification accuracy "
+            f"{100 * acc[1]:.1f}-{100 * acc[2]:.1f} %; targets: pointing >= "
+            f"{100 * POINTING_TARGET:.0f} % (tolerance 0 px), energy/area >= {RATIO_TARGET:g}x."
+        )
+        return text + (f" Command: `{self.command}`." if self.command else "")
+
+    def to_markdown(self) -> str:
+        head, body = self._cells()
+        lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|:---:|"]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join([*lines, "", self.caption()]) + "\n"
+
+    def to_text(self) -> str:
+        head, body = self._cells()
+        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+        fmt = [str.ljust] + [str.rjust] * (len(head) - 1)
+        lines = ["  ".join(f(c, w) for f, c, w in zip(fmt, row, widths, strict=True)) for row in [head, *body]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines) + "\n" + self.caption() + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "benchmark": "synthetic scenes with known object masks, over training seeds",
+            "seeds": self.seeds,
+            "command": self.command,
+            "methods": [
+                {"method": r.method, "title": r.title, "pointing": dict(zip(("mean", "min", "max"), r.pointing, strict=True)),
+                 "energy_over_area": dict(zip(("mean", "min", "max"), r.ratio, strict=True)),
+                 "models_passing": r.passed, "models": r.n_models}
+                for r in self.rows
+            ],
+            "per_seed": [t.to_dict() for t in self.tables],
+        }
+
+    def save_json(self, path: str | Path) -> None:
+        from camscope.io.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write ``bench_synthetic.json`` and ``bench_synthetic.md`` into ``out_dir``."""
+        from camscope.io.atomic import atomic_write_text
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"json": out / "bench_synthetic.json", "markdown": out / "bench_synthetic.md"}
+        self.save_json(paths["json"])
+        atomic_write_text(paths["markdown"], self.to_markdown())
+        return paths
+
+
+def run_synthetic_seeds(seeds: Sequence[int], *, command: str = "", **kw: Any) -> SeedsTable:
+    """:func:`run_synthetic_benchmark` for a model trained with each of ``seeds`` (each trained
+    once and cached); ``kw`` as for it (not ``model`` or ``train_seed``)."""
+    if "model" in kw or "train_seed" in kw:
+        raise TypeError("run_synthetic_seeds trains its own models: no model= or train_seed=")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise UsageError("--seeds: at least one training seed")
+    held_out = kw.get("seed", DEFAULT_SEED)
+    if held_out in seeds:
+        raise UsageError(f"seed {held_out} of the held-out scenes is also a training seed")
+    tables = [run_synthetic_benchmark(train_seed=s, **kw) for s in seeds]
+    return SeedsTable(tables, seeds, command)

@@ -78,3 +78,42 @@ def test_cli_sanity_needs_images(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
     assert main(["sanity", "--out", str(tmp_path)]) == 2
     assert "give IMAGES" in capsys.readouterr().err
+
+
+def test_seeds_spread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--seeds N``: one model per training seed, each method's mean and min-max over them."""
+    from camscope import synthetic as S
+    from camscope.bench_synthetic import run_synthetic_seeds
+    from camscope.cli import main
+
+    real = S.train_small_cnn
+    trained: list[int] = []
+
+    def quick(**kw):  # a cheap model per seed: this tests the aggregation, not the training
+        trained.append(kw["seed"])
+        return real(**{**kw, "n_train": 64, "epochs": 1})
+
+    monkeypatch.setattr(S, "train_small_cnn", quick)
+    monkeypatch.setenv("CAMSCOPE_SYNTHETIC_CACHE", str(tmp_path / "cache"))
+    table = run_synthetic_seeds([1, 2], n_scenes=12, methods=["gradcam", "hirescam"])
+    assert trained == [1, 2] and table.seeds == [1, 2]
+    for i, row in enumerate(table.rows):
+        per_seed = [t.rows[i].pointing for t in table.tables]
+        assert row.pointing == pytest.approx((sum(per_seed) / 2, min(per_seed), max(per_seed)))
+        ratios = [t.rows[i].ratio for t in table.tables]
+        assert row.ratio == pytest.approx((sum(ratios) / 2, min(ratios), max(ratios)))
+        assert row.passed == sum(t.rows[i].passed for t in table.tables)
+    assert "seed 1" in table.tables[0].model and "seed 2" in table.tables[1].model
+    with pytest.raises(UsageError, match="also a training seed"):
+        run_synthetic_seeds([0, 2024], n_scenes=4)
+
+    argv = ["bench", "synthetic", "--n-scenes", "12", "--methods", "gradcam", "--seeds", "2", "--quiet",
+            "--markdown", "--json", str(tmp_path / "s.json")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| method | pointing game: mean (min-max) |")
+    assert "trained with seeds 0, 1" in out
+    assert "Command: `camscope bench synthetic --n-scenes 12 --methods gradcam --seeds 2" in out
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["seeds"] == [0, 1] and len(data["per_seed"]) == 2
+    assert set(data["methods"][0]["pointing"]) == {"mean", "min", "max"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,19 +13,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camscope import synthetic as S
+from tests.conftest import TRAIN_SEED
 
 HELD_OUT_SEED = 1000  # training uses seed 0; evaluation scenes must not overlap
 
 
+#: Held-out accuracy every training seed reaches (measured over seeds 0-9 and thread counts:
+#: 99.1-100 %; see docs/models.md), with margin.
+MIN_TRAINED_ACCURACY = 0.95
+
+
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
-    """A freshly trained SmallCNN (default recipe), in eval mode.
-
-    Trains into a temporary cache so the test exercises training; to reuse a model across test
-    modules or runs, call ``S.load_or_train()`` (the user cache) instead.
-    """
+    """A SmallCNN freshly trained here (default recipe, seed ``CAMSCOPE_TEST_TRAIN_SEED``), in
+    eval mode: its weights depend on this machine's float kernels, so only what holds for every
+    seed is asserted of it (accuracy, the layer's output); what the maps of a trained model do
+    is tested on the committed fixture (``synthetic_cnn``)."""
     cache = tmp_path_factory.mktemp("synthetic-cache")
-    return S.load_or_train(cache_dir=cache)
+    return S.load_or_train(cache_dir=cache, seed=TRAIN_SEED)
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +100,6 @@ def test_colour_does_not_reveal_class() -> None:
     assert float((means - means.mean(0)).abs().max()) < 0.05
 
 
-def test_make_scenes_is_fast() -> None:
-    S.make_scenes(10)  # warm-up
-    t = time.perf_counter()
-    S.make_scenes(2000, seed=0)
-    elapsed = time.perf_counter() - t
-    assert elapsed < 3.0, f"2000 scenes took {elapsed:.2f}s (about 0.2s expected)"
-
-
 def test_make_scenes_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError):
         S.make_scenes(-1)
@@ -147,10 +143,15 @@ def test_target_layer_output(trained_model: nn.Module) -> None:
 # --------------------------------------------------------------------------- training
 
 
-def test_training_reaches_95_percent(trained_model: nn.Module) -> None:
+def test_training_reaches_its_accuracy(trained_model: nn.Module) -> None:
     assert not trained_model.training
     acc = S.evaluate(trained_model, S.make_scenes(1000, seed=HELD_OUT_SEED + 1))
-    assert acc >= 0.95, f"held-out accuracy {acc:.3f}"
+    assert acc >= MIN_TRAINED_ACCURACY, f"held-out accuracy {acc:.3f} (training seed {TRAIN_SEED})"
+
+
+def test_fixture_is_a_trained_small_cnn(synthetic_cnn: nn.Module) -> None:
+    """The committed weights load into today's SmallCNN and still solve the task."""
+    assert S.evaluate(synthetic_cnn, S.make_scenes(1000, seed=HELD_OUT_SEED + 1)) >= MIN_TRAINED_ACCURACY
 
 
 def test_training_is_deterministic_and_leaves_global_state() -> None:
@@ -192,6 +193,9 @@ def test_load_or_train_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CAMSCOPE_SYNTHETIC_CACHE", str(tmp_path / "explicit"))
+    assert S.default_cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("CAMSCOPE_SYNTHETIC_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert S.default_cache_dir() == tmp_path / "camscope" / "synthetic"
     monkeypatch.delenv("XDG_CACHE_HOME")
@@ -252,8 +256,8 @@ def plain_eigencam(model: nn.Module, images: Tensor, layer: str) -> Tensor:
     return _upsample(maps, tuple(images.shape[-2:]))
 
 
-def test_gradcam_points_at_the_object(trained_model: nn.Module, held_out: S.Scenes) -> None:
-    maps = plain_gradcam(trained_model, held_out.images, held_out.labels, S.TARGET_LAYER)
+def test_gradcam_points_at_the_object(synthetic_cnn: nn.Module, held_out: S.Scenes) -> None:
+    maps = plain_gradcam(synthetic_cnn, held_out.images, held_out.labels, S.TARGET_LAYER)
     rate = float(S.cam_points_inside(maps, held_out.masks).float().mean())
     assert rate >= 0.95, f"Grad-CAM pointing game {rate:.3f}"
     # Sanity of the benchmark itself: a transposed map must not pass.
@@ -261,7 +265,7 @@ def test_gradcam_points_at_the_object(trained_model: nn.Module, held_out: S.Scen
     assert bad < 0.5
 
 
-def test_eigencam_points_at_the_object(trained_model: nn.Module, held_out: S.Scenes) -> None:
-    maps = plain_eigencam(trained_model, held_out.images, S.TARGET_LAYER)
+def test_eigencam_points_at_the_object(synthetic_cnn: nn.Module, held_out: S.Scenes) -> None:
+    maps = plain_eigencam(synthetic_cnn, held_out.images, S.TARGET_LAYER)
     rate = float(S.cam_points_inside(maps, held_out.masks).float().mean())
     assert rate >= 0.95, f"Eigen-CAM pointing game {rate:.3f}"
