@@ -36,6 +36,7 @@ def test_committed_without_outputs() -> None:
 def _declared(extra: str) -> set[str]:
     """Distribution names of camscope's core dependencies plus one extra (lower case)."""
     import re
+
     import tomllib
 
     project = tomllib.loads((NOTEBOOK.parents[1] / "pyproject.toml").read_text(encoding="utf-8"))["project"]
