@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
-    from camscope.bench_synthetic import DEFAULT_SEED
+    from camscope.studies.benchmark import DEFAULT_SEED
 
     be = subparsers.add_parser("bench", help="built-in benchmarks (bench synthetic)")
     bsub = be.add_subparsers(dest="bench_command", required=True)
@@ -61,8 +61,8 @@ def register(subparsers: Any) -> None:
 
 def cmd_bench_synthetic(args: argparse.Namespace) -> int:
     """``camscope bench synthetic``."""
-    from camscope.bench_synthetic import run_synthetic_benchmark
     from camscope.models import pick_device
+    from camscope.studies.benchmark import run_synthetic_benchmark
 
     table = run_synthetic_benchmark(
         n_scenes=args.n_scenes,

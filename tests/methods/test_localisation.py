@@ -1,7 +1,7 @@
 """Every registered method localises the object on generated scenes (the pointing game).
 
 A SmallCNN is trained (fixed seed, in a temporary cache) on generated scenes with one shape each
-(``camscope.synthetic``); on held-out scenes the maximum of each method's map, explaining the
+(``camscope.studies.synthetic``); on held-out scenes the maximum of each method's map, explaining the
 true class, must fall inside the shape in at least 90 % of the scenes.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from camscope import synthetic as S
-from camscope.core.engine import CamEngine
 from camscope.core.runtime import SpeedSettings
+from camscope.engine import CamEngine
 from camscope.methods.registry import method_names
+from camscope.studies import synthetic as S
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,7 +1,7 @@
 """The small ViT on the synthetic scenes: trained here (temporary cache), every method localises.
 
 A torchvision ``VisionTransformer`` (conv stem, 8x8 tokens + class token, 2 blocks) is trained in
-seconds with the mask terms of :mod:`camscope.synthetic_vit`; on 100 held-out scenes each
+seconds with the mask terms of :mod:`camscope.studies.synthetic_vit`; on 100 held-out scenes each
 method explains the true class at the default layer (the last block's first LayerNorm, tokens
 read as an 8x8 map) and must reach the pointing-game floor below. The floors are what this model
 reaches with some margin (measured: see ``docs/models.md``), and they are far below the CNN's
@@ -16,13 +16,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from camscope import synthetic as S
-from camscope import synthetic_vit as V
-from camscope.bench_synthetic import run_synthetic_benchmark, score_maps
-from camscope.core.engine import CamEngine
 from camscope.core.layers import default_layer
 from camscope.core.runtime import SpeedSettings
+from camscope.engine import CamEngine
 from camscope.methods.registry import method_names
+from camscope.studies import synthetic as S
+from camscope.studies import synthetic_vit as V
+from camscope.studies.benchmark import run_synthetic_benchmark, score_maps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from camscope.bench_synthetic import (
+from camscope.errors import UsageError
+from camscope.studies.benchmark import (
     POINTING_TARGET,
     RATIO_TARGET,
     run_synthetic_benchmark,
     score_maps,
 )
-from camscope.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

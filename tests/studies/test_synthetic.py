@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camscope import synthetic as S
+from camscope.studies import synthetic as S
 
 HELD_OUT_SEED = 1000  # training uses seed 0; evaluation scenes must not overlap
 
