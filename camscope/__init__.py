@@ -16,13 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from camscope import _moved
+
 __version__ = "0.1.0"
+
+_moved.install()  # old module paths (camscope.pipeline, ...) keep working, with a DeprecationWarning
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from camscope.core.engine import CamResult
     from camscope.core.runtime import SpeedSettings
+    from camscope.engine import CamResult
     from camscope.models import LoadedModel, Preprocess
 
 __all__ = [
@@ -42,14 +46,14 @@ __all__ = [
 ]
 
 _LAZY = {
-    "CamEngine": "camscope.core.engine",
-    "CamResult": "camscope.core.engine",
-    "compute_cams": "camscope.core.engine",
+    "CamEngine": "camscope.engine",
+    "CamResult": "camscope.engine",
+    "compute_cams": "camscope.engine",
     "load_model": "camscope.models",
     "LoadedModel": "camscope.models",
     "Preprocess": "camscope.models",
-    "run_explain": "camscope.pipeline",
-    "ExplainOptions": "camscope.pipeline",
+    "run_explain": "camscope.run",
+    "ExplainOptions": "camscope.run",
     "SpeedSettings": "camscope.core.runtime",
     "METHODS": "camscope.methods",
     "method_names": "camscope.methods",
@@ -101,12 +105,12 @@ def explain(
             transformer tokens and channels-last maps are detected), ``"none"``, ``"nhwc"``,
             ``"tokens:HxW[:skip=T]"`` (see :mod:`camscope.core.reshape`).
     Returns:
-        a :class:`~camscope.core.engine.CamResult`: ``maps[name]`` is (B,k,H,W) in [0,1]; in a
+        a :class:`~camscope.engine.CamResult`: ``maps[name]`` is (B,k,H,W) in [0,1]; in a
         notebook it displays as a grid; ``figure(i)``, ``overlay(i, method)``, ``save(DIR)``.
     """
     import torch
 
-    from camscope.core.engine import CamEngine, concat_results
+    from camscope.engine import CamEngine, concat_results
     from camscope.models import LoadedModel, Preprocess, loaded_from_module
 
     if isinstance(model, LoadedModel):

@@ -193,8 +193,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 @pytest.fixture(scope="session", autouse=True)
 def synthetic_fixture_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The committed synthetic models as the session's model cache (see the module docstring)."""
-    from camscope import synthetic as S
-    from camscope import synthetic_vit as V
+    from camscope.studies import synthetic as S
+    from camscope.studies import synthetic_vit as V
     from tests.fixtures.train_fixtures import load_fixture
 
     cache = tmp_path_factory.mktemp("synthetic-fixtures")

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
-    from camscope.bench_synthetic import DEFAULT_SEED
+    from camscope.studies.benchmark import DEFAULT_SEED
 
     be = subparsers.add_parser("bench", help="built-in benchmarks (bench synthetic)")
     bsub = be.add_subparsers(dest="bench_command", required=True)
@@ -67,9 +67,9 @@ def cmd_bench_synthetic(args: argparse.Namespace) -> int:
     """``camscope bench synthetic``."""
     import shlex
 
-    from camscope.bench_synthetic import run_synthetic_benchmark, run_synthetic_seeds
     from camscope.errors import UsageError
     from camscope.models import pick_device
+    from camscope.studies.benchmark import run_synthetic_benchmark, run_synthetic_seeds
 
     if args.seeds < 1:
         raise UsageError(f"--seeds must be at least 1, not {args.seeds}")

@@ -108,7 +108,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     ray = ray_from_args(args)
     if ray is not None:
-        from camscope.distributed import import_ray
+        from camscope.scale.ray_driver import import_ray
 
         import_ray()
     RunDir(args.dir).load()  # no manifest: one line before anything else

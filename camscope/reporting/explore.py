@@ -111,7 +111,7 @@ def encode_map(grid: np.ndarray) -> str:
 def colormap_lut(name: str) -> bytes:
     """256 RGB triplets (768 bytes) of a matplotlib colour map, as :func:`camscope.render.colorize`
     colours the quantised values ``i / 255``."""
-    from camscope.render import colorize
+    from camscope.render.draw import colorize
 
     return colorize(np.linspace(0.0, 1.0, 256)[None, :], name)[0].tobytes()
 

@@ -1,9 +1,9 @@
 """Every registered method localises the object on generated scenes (the pointing game).
 
 The committed SmallCNN (``tests/fixtures/``: trained on generated scenes with one shape each,
-``camscope.synthetic``, the same weights on every machine) explains the true class of held-out
+``camscope.studies.synthetic``, the same weights on every machine) explains the true class of held-out
 scenes; the maximum of each method's map must fall inside the shape in at least 90 % of them.
-Training itself is tested in ``tests/test_synthetic.py``.
+Training itself is tested in ``tests/studies/test_synthetic.py``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from camscope import synthetic as S
-from camscope.core.engine import CamEngine
 from camscope.core.runtime import SpeedSettings
+from camscope.engine import CamEngine
 from camscope.methods.registry import method_names
+from camscope.studies import synthetic as S
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,7 +1,7 @@
 """The small ViT on the synthetic scenes: every method localises on the committed model.
 
 A torchvision ``VisionTransformer`` (conv stem, 8x8 tokens + class token, 2 blocks) trained with
-the mask terms of :mod:`camscope.synthetic_vit` is committed as ``tests/fixtures/smallvit-*``
+the mask terms of :mod:`camscope.studies.synthetic_vit` is committed as ``tests/fixtures/smallvit-*``
 (the same weights on every machine: a model trained at test time differs from one CPU to the
 next, and its pointing rates by up to 30 points — issue 19). On 100 held-out scenes each method
 explains the true class at the default layer (the last block's first LayerNorm, tokens read as
@@ -20,13 +20,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from camscope import synthetic as S
-from camscope import synthetic_vit as V
-from camscope.bench_synthetic import run_synthetic_benchmark, score_maps
-from camscope.core.engine import CamEngine
 from camscope.core.layers import default_layer
 from camscope.core.runtime import SpeedSettings
+from camscope.engine import CamEngine
 from camscope.methods.registry import method_names
+from camscope.studies import synthetic as S
+from camscope.studies import synthetic_vit as V
+from camscope.studies.benchmark import run_synthetic_benchmark, score_maps
 from tests.conftest import TRAIN_SEED
 
 pytestmark = pytest.mark.usefixtures("one_thread")

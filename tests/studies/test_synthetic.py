@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camscope import synthetic as S
+from camscope.studies import synthetic as S
 from tests.conftest import TRAIN_SEED
 
 HELD_OUT_SEED = 1000  # training uses seed 0; evaluation scenes must not overlap

@@ -1,10 +1,10 @@
 """``camscope bench synthetic``: localisation ground truth that works offline, on any machine.
 
-A small CNN (:class:`camscope.synthetic.SmallCNN`), or with ``model_kind="vit"`` (``--model
-vit``) a small vision transformer (:func:`camscope.synthetic_vit.small_vit`), is trained on
+A small CNN (:class:`camscope.studies.synthetic.SmallCNN`), or with ``model_kind="vit"`` (``--model
+vit``) a small vision transformer (:func:`camscope.studies.synthetic_vit.small_vit`), is trained on
 generated scenes holding one shape each (or loaded from the cache), then every CAM method
 explains the *true* class of held-out scenes at the model's target layer
-(:data:`camscope.synthetic.TARGET_LAYER`, :data:`camscope.synthetic_vit.VIT_TARGET_LAYER`, or
+(:data:`camscope.studies.synthetic.TARGET_LAYER`, :data:`camscope.studies.synthetic_vit.VIT_TARGET_LAYER`, or
 ``layer``), and its maps are scored against the known object masks:
 
 - **pointing game** (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016
@@ -103,7 +103,7 @@ class BenchTable:
             return v
 
         return {
-            "benchmark": "synthetic scenes with known object masks (camscope.synthetic)",
+            "benchmark": "synthetic scenes with known object masks (camscope.studies.synthetic)",
             "n_scenes": self.n_scenes,
             "seed": self.seed,
             "layer": self.layer,
@@ -223,14 +223,14 @@ def run_synthetic_benchmark(
         smoothing: smoothing variants as for ``camscope explain --smooth`` (``"eigen"``,
             ``"aug"``, ``"eigen,aug"``); each adds a row per method.
         cache_dir: where the trained model is cached (default
-            :func:`camscope.synthetic.default_cache_dir`).
+            :func:`camscope.studies.synthetic.default_cache_dir`).
         speed: speed settings of the perturbation methods (rows per pass, precision, ...).
         images_per_batch: scenes per engine call.
         model: a trained model to measure instead of the cached default
-            (:func:`camscope.synthetic.load_or_train` with other training arguments, e.g.
+            (:func:`camscope.studies.synthetic.load_or_train` with other training arguments, e.g.
             ``guidance=0``); it must have the target layer of ``model_kind`` (or ``layer``).
         model_kind: ``"cnn"`` (SmallCNN) or ``"vit"`` (the small ViT of
-            :mod:`camscope.synthetic_vit`).
+            :mod:`camscope.studies.synthetic_vit`).
         layer: target layer (default: the model kind's).
         train_seed: seed of the model's training (its scenes and initialisation); trained
             models differ with it, and so do their maps (:func:`run_synthetic_seeds`).
@@ -240,10 +240,10 @@ def run_synthetic_benchmark(
     """
     from tqdm.auto import tqdm
 
-    from camscope import synthetic as S
-    from camscope.core.engine import CamEngine
+    from camscope.engine import CamEngine
     from camscope.io.rundir import smoothing_label, variant_name
     from camscope.methods.registry import get_method, method_names
+    from camscope.studies import synthetic as S
 
     t_start = time.perf_counter()
     if isinstance(n_scenes, bool) or not isinstance(n_scenes, int) or n_scenes < 1:
@@ -259,7 +259,7 @@ def run_synthetic_benchmark(
         raise UsageError(f"unknown synthetic model {model_kind!r}; choose cnn or vit")
     model_given = model is not None
     if model_kind == "vit":
-        from camscope import synthetic_vit as V
+        from camscope.studies import synthetic_vit as V
 
         description = f"small ViT v{V.VIT_VERSION} (training seed {train_seed})"
         layer = layer or V.VIT_TARGET_LAYER

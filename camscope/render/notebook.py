@@ -1,8 +1,8 @@
-"""How a :class:`~camscope.core.engine.CamResult` shows itself: photos, overlays, the comparison
+"""How a :class:`~camscope.engine.CamResult` shows itself: photos, overlays, the comparison
 figure, and the compact HTML grid a notebook displays (``_repr_html_``).
 
-The figure is the one the CLI writes (:func:`camscope.pipeline.figure_rows` /
-:func:`~camscope.pipeline.figure_title`, drawn by :func:`camscope.render.comparison_figure`);
+The figure is the one the CLI writes (:func:`camscope.run.explainer.figure_rows` /
+:func:`~camscope.run.explainer.figure_title`, drawn by :func:`camscope.render.comparison_figure`);
 the grid inlines small JPEG thumbnails (``THUMB_SIDE`` pixels, at most ``MAX_IMAGES`` images),
 so a notebook stays light. Everything that comes from the user (file and class names) is
 escaped.
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from camscope.core.engine import CamResult
+    from camscope.engine import CamResult
 
 __all__ = ["result_photo", "result_figure", "result_html", "MAX_IMAGES", "THUMB_SIDE"]
 
@@ -62,9 +62,9 @@ def result_figure(
 ) -> Any:
     """The CLI's comparison figure for image ``i`` and its ``rank``-th explained class, limited
     to ``methods`` (method names; every variant of each)."""
-    from camscope.pipeline import figure_rows, figure_title
-    from camscope.render import comparison_figure
-    from camscope.smoothing import Smoothing
+    from camscope.core.smoothing import Smoothing
+    from camscope.render.draw import comparison_figure
+    from camscope.run.explainer import figure_rows, figure_title
 
     chosen = [m for m in res.methods if methods is None or m in methods]
     if not chosen:
@@ -104,7 +104,7 @@ def result_html(res: CamResult, *, max_images: int = MAX_IMAGES, side: int = THU
     """The notebook grid: per image its photo and one overlay per method and variant (first
     explained class), with the class and its probability; a banner for random weights."""
     from camscope.io.rundir import is_random_weights
-    from camscope.render import overlay
+    from camscope.render.draw import overlay
 
     e = html.escape
     variants = list(res.maps)

@@ -7,7 +7,7 @@ mask (the pointing game, :func:`cam_points_inside`).
 
 Typical use::
 
-    from camscope.synthetic import load_or_train, make_scenes, normalize, TARGET_LAYER
+    from camscope.studies.synthetic import load_or_train, make_scenes, normalize, TARGET_LAYER
 
     model = load_or_train()                      # trained once (~5 s), then cached
     scenes = make_scenes(200, seed=1000)         # held-out: any seed other than the training one

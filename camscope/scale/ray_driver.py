@@ -3,13 +3,13 @@
 ``camscope explain ... --ray [ADDRESS]`` and ``camscope report DIR --ray [ADDRESS]`` run the
 same work as a local run on Ray Data, never with a scheduler of camscope's own:
 
-* the driver plans the run exactly as a local run does (:func:`camscope.pipeline.plan_run`:
+* the driver plans the run exactly as a local run does (:func:`camscope.run.explainer.plan_run`:
   every check, the images and their output names, the resume check against the manifest);
 * one probe task per node writes a file into ``--out``, the driver checks that it sees it, and
   the task removes it again (so ``--out`` is proven writable *and shared* before any work);
 * ``ray.data.from_items`` of the pending (path, output name) records, cut into blocks of
   ``--images-per-batch`` rows, goes through ``map_batches`` with a callable class on an actor
-  pool: each actor loads the model and builds one :class:`~camscope.pipeline.Explainer` once,
+  pool: each actor loads the model and builds one :class:`~camscope.run.explainer.Explainer` once,
   decodes its own images, writes their files with the same atomic writes as a local run (the
   same code path) and returns one small record per image -- never a map;
 * the driver streams those records (``iter_batches``) into ``manifest.json``,
@@ -426,7 +426,7 @@ def _worker_setup(threads: int, cwd: str, max_pixels: int | None = None) -> None
 
 class ExplainWorker:
     """The callable class of ``map_batches``: one per actor. ``__init__`` loads the model and
-    builds one :class:`~camscope.pipeline.Explainer` (the local run's); ``__call__`` explains
+    builds one :class:`~camscope.run.explainer.Explainer` (the local run's); ``__call__`` explains
     one batch of (path, rel, stem) rows, writing each image's files, and returns one small
     record per image (rel, status, record JSON, reason, seconds) -- never maps.
 
@@ -450,7 +450,7 @@ class ExplainWorker:
     ) -> None:
         from camscope.io.rundir import RunDir
         from camscope.models import pick_device
-        from camscope.pipeline import Explainer
+        from camscope.run.explainer import Explainer
 
         _worker_setup(threads, cwd, opts.max_pixels)
         opts = replace(opts, quiet=True, device=device)
@@ -462,7 +462,7 @@ class ExplainWorker:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        from camscope.pipeline import PlannedImage
+        from camscope.run.explainer import PlannedImage
 
         items = [PlannedImage(Path(str(p)), str(r), str(s)) for p, r, s in zip(batch["path"], batch["rel"], batch["stem"], strict=True)]
         cols: dict[str, list[Any]] = {"rel": [], "status": [], "record": [], "reason": [], "seconds": []}
@@ -519,7 +519,7 @@ def run_explain_ray(
     *,
     _fault: Callable[[int, str], None] | None = None,
 ) -> Any:
-    """:func:`camscope.pipeline.run_explain` on a Ray cluster: same checks, names, resume,
+    """:func:`camscope.run.explainer.run_explain` on a Ray cluster: same checks, names, resume,
     files and manifest (plus its ``cluster`` section). The model must come from ``opts``
     (a :class:`~camscope.models.ModelSpec`): every worker builds it. ``_fault``: see
     :class:`ExplainWorker` (tests only)."""
@@ -527,7 +527,7 @@ def run_explain_ray(
 
     from camscope.io.atomic import cleanup_temp_files
     from camscope.io.rundir import ImageRecord
-    from camscope.pipeline import ExplainOptions, Outcome, RunResult, plan_run, record_outcome
+    from camscope.run.explainer import ExplainOptions, Outcome, RunResult, plan_run, record_outcome
 
     opts = opts or ExplainOptions()
     ray_opts = ray_opts or RayOptions()

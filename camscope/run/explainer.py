@@ -117,7 +117,7 @@ class ExplainOptions:
 
     def check(self) -> None:
         """One-line errors for option values that cannot work (before any work starts)."""
-        from camscope.render import colorize
+        from camscope.render.draw import colorize
 
         if self.top_k < 1:
             raise UsageError(f"--top-k must be at least 1, not {self.top_k}")
@@ -290,7 +290,7 @@ def write_image(
 ) -> ImageRecord:
     """Write one image's maps, overlays and comparison figures (those of ``opts.outputs``);
     return its manifest record."""
-    from camscope.render import comparison_figure, figure_png, overlay, png_bytes
+    from camscope.render.draw import comparison_figure, figure_png, overlay, png_bytes
 
     photo = loaded.preprocess.frame(explained.photo)
     probs = explained.probs
@@ -342,7 +342,7 @@ def figure_rows(
     """The panels of a comparison figure: one row per smoothing variant, one panel per method,
     each titled with the method (and smoothing) and ``label`` (the explained class)."""
     from camscope.methods import get_method
-    from camscope.render import Panel
+    from camscope.render.draw import Panel
 
     rows = []
     for variant in variants:
@@ -386,12 +386,12 @@ class Plan:
     target: int | None
     k: int
     engine: Any = field(default=None, repr=False)
-    """The :class:`~camscope.core.engine.CamEngine` the plan split the model with."""
+    """The :class:`~camscope.engine.CamEngine` the plan split the model with."""
 
 
 def build_engine(opts: ExplainOptions, loaded: Any, layer: str | None) -> Any:
     """The engine of a run: ``opts``' methods, smoothing, speed and reshape on ``loaded``."""
-    from camscope.core.engine import CamEngine
+    from camscope.engine import CamEngine
     from camscope.methods import get_method
 
     return CamEngine(
@@ -414,10 +414,10 @@ def plan_run(inputs: Sequence[str | Path], out: str | Path, opts: ExplainOptions
     ``loaded`` may carry an already built :class:`camscope.models.LoadedModel` (for any
     ``nn.Module``); otherwise the model is built from ``opts``.
     """
+    from camscope.core.smoothing import parse_smoothing
     from camscope.io.images import find_images
     from camscope.methods import get_method
     from camscope.models import class_index, load_class_names, pick_device
-    from camscope.smoothing import parse_smoothing
 
     rundir = RunDir(out)
     methods = list(dict.fromkeys(get_method(m).name for m in opts.methods))
@@ -545,7 +545,7 @@ def save_result(
     figures: bool = True,
     force: bool = False,
 ) -> Path:
-    """Write a :class:`~camscope.core.engine.CamResult` as the run folder ``camscope explain``
+    """Write a :class:`~camscope.engine.CamResult` as the run folder ``camscope explain``
     writes (through :func:`write_image`), so that ``camscope report DIR`` reads it.
 
     Photos given from files keep their path as the source; photos and tensors given in memory
@@ -553,10 +553,10 @@ def save_result(
     source, which the report's faithfulness metrics reload. Images already in a folder made
     with the same settings are replaced; other settings are refused unless ``force``.
     """
+    from camscope.core.smoothing import Smoothing
     from camscope.io.rundir import PYTHON_MODEL
     from camscope.models import LoadedModel, Preprocess
-    from camscope.render import png_bytes
-    from camscope.smoothing import Smoothing
+    from camscope.render.draw import png_bytes
 
     rundir = RunDir(out)
     opts = ExplainOptions(alpha=alpha, colormap=colormap, figures=figures)

@@ -18,14 +18,14 @@ import torch
 from torch import nn
 
 from camscope.core.capture import capture
-from camscope.core.engine import CamEngine, compute_cams
 from camscope.core.postprocess import first_component, normalize
 from camscope.core.runtime import Runtime, SpeedSettings
-from camscope.core.tail import split_model
+from camscope.core.smoothing import AUGMENTATIONS, parse_smoothing
+from camscope.core.split import split_model
+from camscope.engine import CamEngine, compute_cams
 from camscope.errors import UsageError
 from camscope.io.rundir import variant_name
 from camscope.methods import get_method, method_names
-from camscope.smoothing import AUGMENTATIONS, parse_smoothing
 from tests.reference import (
     REFERENCE_WEIGHTS,
     layer_activations,

@@ -46,7 +46,7 @@ PER_BATCH = 2  # 9 inputs: 4 batches of 2 and one of 1
 def session():
     """The module's Ray session: 2 CPUs, no dashboard, a 100 MB object store, on the loopback
     address only (as camscope's own local mode)."""
-    from camscope.distributed import _loopback_only
+    from camscope.scale.ray_driver import _loopback_only
 
     if ray.is_initialized():
         pytest.skip("Ray is already running in this process")
@@ -198,9 +198,9 @@ def _first(marker: str) -> bool:
 
 
 def _run_api(setup: dict, out: Path, fault) -> object:
-    from camscope.distributed import RayOptions, run_explain_ray
     from camscope.models import ModelSpec
-    from camscope.pipeline import ExplainOptions
+    from camscope.run.explainer import ExplainOptions
+    from camscope.scale.ray_driver import RayOptions, run_explain_ray
 
     opts = ExplainOptions(
         model=ModelSpec("resnet18", weights_tag=None, weights_file=str(setup["weights"])),
@@ -248,7 +248,7 @@ def test_batch_whose_worker_always_dies_is_recorded_as_failures(
 ) -> None:
     """A batch that kills its worker on every try is given up after the retries: its images are
     failures (re-run to retry), every other image is complete."""
-    from camscope import distributed
+    from camscope.scale import ray_driver as distributed
 
     monkeypatch.setattr(distributed, "MAX_TASK_RETRIES", 0)
     order = sorted(p.name for p in setup["src"].iterdir())  # the order the images are planned in

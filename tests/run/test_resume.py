@@ -23,12 +23,12 @@ import pytest
 import torch
 from PIL import Image
 
-from camscope import pipeline
 from camscope.cli import main
 from camscope.io.atomic import is_temp_file
 from camscope.io.rundir import FAILURES, MANIFEST, PREDICTIONS, RunDir
 from camscope.models import LoadedModel, Preprocess
-from camscope.pipeline import ExplainOptions, run_explain
+from camscope.run import explainer as pipeline
+from camscope.run.explainer import ExplainOptions, run_explain
 
 try:
     from tests import corpus

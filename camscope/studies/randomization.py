@@ -72,7 +72,7 @@ class _Engine(Protocol):
 
 EngineFactory = Callable[[nn.Module, "str | None", Sequence[str]], _Engine]
 """``factory(model, layer, methods) -> engine``; ``engine(images, targets).maps[name]`` is
-(B,1,H,W). The default builds a :class:`camscope.core.engine.CamEngine`."""
+(B,1,H,W). The default builds a :class:`camscope.engine.CamEngine`."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ class SanityResult:
 def plot_sanity(result: SanityResult) -> bytes:
     """PNG bytes: similarity to the original maps vs. randomisation depth, one line per method,
     rank correlation and SSIM side by side (as Fig. 2 of Adebayo et al. 2018)."""
-    from camscope.render import new_figure
+    from camscope.render.draw import new_figure
 
     labels = ["original", *result.steps]
     x = np.arange(len(labels))
@@ -258,7 +258,7 @@ def plot_sanity(result: SanityResult) -> bytes:
 def _default_factory(
     speed: SpeedSettings | None, reshape: str = "auto", input_size: Sequence[int] | None = None
 ) -> EngineFactory:
-    from camscope.core.engine import CamEngine
+    from camscope.engine import CamEngine
 
     def make(model: nn.Module, layer: str | None, methods: Sequence[str]) -> _Engine:
         return CamEngine(
@@ -368,7 +368,7 @@ def run_sanity(
         threshold: verdict threshold on the final mean rank correlation (:data:`THRESHOLD`).
         images_per_batch: images per engine call.
         engine_factory: ``factory(model, layer, methods) -> engine`` replacing
-            :class:`~camscope.core.engine.CamEngine` (tests, custom explainers).
+            :class:`~camscope.engine.CamEngine` (tests, custom explainers).
         reshape: how the layer's output becomes a map (``CamEngine``'s ``reshape``).
 
     Returns:

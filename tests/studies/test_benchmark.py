@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from camscope.bench_synthetic import (
+from camscope.errors import UsageError
+from camscope.studies.benchmark import (
     POINTING_TARGET,
     RATIO_TARGET,
     run_synthetic_benchmark,
     score_maps,
 )
-from camscope.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,9 +82,9 @@ def test_cli_sanity_needs_images(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_seeds_spread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--seeds N``: one model per training seed, each method's mean and min-max over them."""
-    from camscope import synthetic as S
-    from camscope.bench_synthetic import run_synthetic_seeds
     from camscope.cli import main
+    from camscope.studies import synthetic as S
+    from camscope.studies.benchmark import run_synthetic_seeds
 
     real = S.train_small_cnn
     trained: list[int] = []

@@ -1,4 +1,4 @@
-"""``camscope.sanity``: the model-parameter randomisation test (Adebayo et al. 2018) on the trained
+"""``camscope.studies.randomization``: the model-parameter randomisation test (Adebayo et al. 2018) on the trained
 synthetic SmallCNN: real CAM methods pass, an input-only "explainer" fails, the model is untouched."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from camscope import synthetic as S
-from camscope.sanity import THRESHOLD, default_groups, run_sanity
+from camscope.studies import synthetic as S
+from camscope.studies.randomization import THRESHOLD, default_groups, run_sanity
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

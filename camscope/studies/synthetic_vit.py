@@ -1,6 +1,6 @@
 """A small vision transformer trained in seconds on camscope's generated scenes.
 
-The transformer counterpart of :class:`camscope.synthetic.SmallCNN`, on the same scenes and with
+The transformer counterpart of :class:`camscope.studies.synthetic.SmallCNN`, on the same scenes and with
 the same held-out ground truth, so that the localisation benchmark (``camscope bench synthetic
 --model vit``) measures the CAM methods on token maps: the reshape of tokens into a grid, the
 prefix (class) token, the default layer, upsampling of an 8x8 token grid.
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camscope import synthetic as S
 from camscope.core.threads import torch_threads
+from camscope.studies import synthetic as S
 
 __all__ = [
     "VIT_TARGET_LAYER",
@@ -162,7 +162,7 @@ def train_small_vit(
 
 
 def load_or_train_vit(cache_dir: Path | str | None = None, **kw: object) -> nn.Module:
-    """A trained :func:`small_vit`, from the cache (:func:`camscope.synthetic.default_cache_dir`
+    """A trained :func:`small_vit`, from the cache (:func:`camscope.studies.synthetic.default_cache_dir`
     unless ``cache_dir``) or trained by :func:`train_small_vit` (``kw``) and cached."""
     return S.cached_model(
         "smallvit", VIT_VERSION, small_vit, train_small_vit, _KEY_PARAMS, cache_dir, kw, _TRAIN_PARAMS

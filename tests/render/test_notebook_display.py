@@ -19,8 +19,8 @@ from camscope.cli import main
 from camscope.errors import ImageLoadError, UsageError
 from camscope.io.rundir import PYTHON_MODEL, RANDOM_WEIGHTS
 from camscope.models import LoadedModel, Preprocess
-from camscope.pipeline import ExplainOptions, figure_title, run_explain
-from camscope.render import overlay
+from camscope.render.draw import overlay
+from camscope.run.explainer import ExplainOptions, figure_title, run_explain
 from tests.conftest import photo_array
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,7 +90,7 @@ def test_notebook_grid(tiny_cnn, folder: Path) -> None:
     assert len(page) < 60_000  # thumbnails, not full images
     trained = camscope.explain(_loaded(tiny_cnn, "file:w.pt"), folder, layer="features", methods=["gradcam"])
     assert "RANDOM WEIGHTS" not in trained._repr_html_()
-    from camscope.display import result_html
+    from camscope.render.notebook import result_html
 
     few = result_html(res, max_images=2)
     assert few.count("<tr>") == 1 + 2 and "1 more images" in few
@@ -170,7 +170,7 @@ def test_saved_python_model_is_reported(tiny_cnn, tmp_path: Path, capsys: pytest
 
 
 def test_cli_figure_title_says_random_weights(monkeypatch, tiny_cnn, folder: Path, tmp_path: Path) -> None:
-    import camscope.render as render
+    import camscope.render.draw as render
 
     titles: list[str] = []
     real = render.comparison_figure

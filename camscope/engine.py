@@ -21,9 +21,9 @@ from camscope.core.capture import capture, model_state_guard
 from camscope.core.postprocess import finalize, first_component, weighted_activations
 from camscope.core.reshape import Reshape
 from camscope.core.runtime import Runtime, SpeedSettings
+from camscope.core.smoothing import Smoothing, expand_views, fold_views, parse_smoothing
 from camscope.io.rundir import variant_name
 from camscope.methods.registry import METHODS, MethodSpec, get_method
-from camscope.smoothing import Smoothing, expand_views, fold_views, parse_smoothing
 
 __all__ = ["CamEngine", "CamResult", "compute_cams", "concat_results"]
 
@@ -36,8 +36,8 @@ class CamResult:
 
     In a notebook it shows itself as a grid (photo, one overlay per method and variant, the
     explained class); :meth:`figure`, :meth:`overlay` and :meth:`save` give the CLI's comparison
-    figure, an overlay, and the CLI's run folder (rendering lives in :mod:`camscope.display`
-    and :mod:`camscope.pipeline`, imported when used).
+    figure, an overlay, and the CLI's run folder (rendering lives in :mod:`camscope.render.notebook`
+    and :mod:`camscope.run.explainer`, imported when used).
 
     Attributes:
         targets: (B,k) explained classes.
@@ -80,13 +80,13 @@ class CamResult:
     def photo(self, i: int) -> Any:
         """Image ``i`` as a PIL photo: the part of the photo the map covers, or the model input
         itself (de-normalised) when no photo was given."""
-        from camscope.display import result_photo
+        from camscope.render.notebook import result_photo
 
         return result_photo(self, i)
 
     def overlay(self, i: int, method: str, *, rank: int = 0, alpha: float = 0.5, colormap: str = "jet") -> Any:
         """The map of ``method`` (a variant name) for image ``i`` over its photo, as a PIL image."""
-        from camscope.render import overlay
+        from camscope.render.draw import overlay
 
         return overlay(self.photo(i), self.maps[method][i, rank].numpy(), alpha=alpha, colormap=colormap)
 
@@ -96,19 +96,19 @@ class CamResult:
     ) -> Any:
         """The comparison figure the CLI writes, for image ``i`` (default: the first), as a
         matplotlib ``Figure``; ``methods`` limits it to some methods."""
-        from camscope.display import result_figure
+        from camscope.render.notebook import result_figure
 
         return result_figure(self, 0 if i is None else i, methods, rank=rank, alpha=alpha, colormap=colormap)
 
     def save(self, out: str | Path, *, alpha: float = 0.5, colormap: str = "jet", figures: bool = True, force: bool = False) -> Path:
         """Write the run folder the CLI writes (overlays, ``.npy`` maps, figures, predictions,
         manifest), so that ``camscope report DIR`` works on it; returns the folder."""
-        from camscope.pipeline import save_result
+        from camscope.run.explainer import save_result
 
         return save_result(self, out, alpha=alpha, colormap=colormap, figures=figures, force=force)
 
     def _repr_html_(self) -> str:
-        from camscope.display import result_html
+        from camscope.render.notebook import result_html
 
         return result_html(self)
 
@@ -142,7 +142,7 @@ class CamEngine:
     ) -> None:
         from camscope.core.layers import canonical_layer_name, default_layer
         from camscope.core.reshape import model_input_size
-        from camscope.core.tail import split_model
+        from camscope.core.split import split_model
         from camscope.errors import UsageError
 
         self.model = model
