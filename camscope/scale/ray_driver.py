@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import secrets
+import subprocess
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -147,8 +148,12 @@ def ray_session(opts: RayOptions) -> Iterator[Cluster]:
     if ray.is_initialized():
         yield Cluster(ray, opts.address, started=False)
         return
+    reaper = None
     try:
         if opts.address == LOCAL:
+            from camscope.scale.reaper import start_reaper
+
+            reaper = start_reaper()  # a killed driver leaves no Ray agent running
             with _loopback_only():
                 ray.init(
                     address="local",
@@ -169,19 +174,30 @@ def ray_session(opts: RayOptions) -> Iterator[Cluster]:
         else:
             ray.init(address=opts.address)
     except Exception as exc:  # ConnectionError, a missing ray[client] for ray://, ...
+        _stop(reaper)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError(f"--ray {opts.address}: cannot start or join Ray ({first[:200]})") from None
     if _held["depth"]:  # kept for the next run of the same command; held_session shuts it down
         _held["started"] = True
+        _held["reaper"] = reaper
         yield Cluster(ray, opts.address, started=True)
         return
     try:
         yield Cluster(ray, opts.address, started=True)
     finally:
         ray.shutdown()
+        _stop(reaper)
 
 
-_held = {"depth": 0, "started": False}
+def _stop(reaper: subprocess.Popen | None) -> None:
+    """End the watcher of a local Ray that this process shut down itself."""
+    if reaper is not None and reaper.poll() is None:
+        reaper.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            reaper.wait(timeout=5)
+
+
+_held: dict[str, Any] = {"depth": 0, "started": False}
 
 
 @contextlib.contextmanager
@@ -199,6 +215,7 @@ def held_session() -> Iterator[None]:
             import ray
 
             ray.shutdown()
+            _stop(_held.pop("reaper", None))
 
 
 @contextlib.contextmanager
