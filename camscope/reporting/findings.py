@@ -59,6 +59,8 @@ CATEGORY_WORDS: dict[str, tuple[str, str]] = {
     "agreement": ("the most in agreement with the other maps", "the least in agreement with the other maps"),
 }
 """How a category's first and last variants are named in the findings."""
+JUDGING_CATEGORIES: tuple[str, ...] = ("faithfulness", "robustness", "localisation", "randomisation", "axiomatic")
+"""Categories whose rankings are compared for disagreement (complexity and agreement describe maps)."""
 
 _DEGENERATE_WORDS = {
     "empty": "its map is empty (all zero)",
@@ -463,7 +465,9 @@ def category_findings(summary: dict) -> list[str]:
             f"{cat.capitalize()} ({_join(c.get('labels') or [])}): {labels.get(best, best)} is {hi} "
             f"(mean rank {as_float(mr.get(best)):.2f}), {labels.get(worst, worst)} {lo} ({as_float(mr.get(worst)):.2f})."
         )
-    names = list(cats)
+    # Disagreement only between categories that judge the explanation (complexity and agreement
+    # describe maps: a spread-out map is not by itself a worse explanation).
+    names = [c for c in cats if c in JUDGING_CATEGORIES]
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             ra, rb = cats[a].get("ranking") or [], cats[b].get("ranking") or []
@@ -478,8 +482,9 @@ def category_findings(summary: dict) -> list[str]:
                     hi = CATEGORY_WORDS.get(x, (f"first by {x}", ""))[0]
                     lo = CATEGORY_WORDS.get(y, ("", f"last by {y}"))[1]
                     out.append(
-                        f"The categories disagree: {labels.get(n, n)} is {hi} ({x}) but {lo} ({y}); "
-                        f"no single ranking describes these maps."
+                        f"The categories disagree: {labels.get(n, n)} is {hi} but {lo} "
+                        f"({x} mean rank {as_float(cats[x]['mean_rank'].get(n)):.2f}, "
+                        f"{y} {as_float(cats[y]['mean_rank'].get(n)):.2f}); no single ranking describes these maps."
                     )
     return out
 

@@ -33,7 +33,7 @@ import numpy as np
 from camscope.io.rundir import parse_variant
 from camscope.metrics import CATEGORIES, METRICS, Column, MetricSpec
 from camscope.metrics.registry import all_columns
-from camscope.reporting.findings import as_float, gap
+from camscope.reporting.findings import JUDGING_CATEGORIES, as_float, gap
 
 __all__ = [
     "BASE_COLUMNS",
@@ -46,8 +46,8 @@ __all__ = [
     "summarize",
 ]
 
-OVERALL_CATEGORIES: tuple[str, ...] = ("faithfulness", "robustness", "localisation", "randomisation", "axiomatic")
-"""Categories whose columns enter the overall mean rank."""
+OVERALL_CATEGORIES: tuple[str, ...] = JUDGING_CATEGORIES
+"""Categories whose columns enter the overall mean rank (those that judge the explanation)."""
 
 BASE_COLUMNS: tuple[str, ...] = (
     "file", "source", "target_rank", "target_class", "target_name", "target_prob",
