@@ -7,7 +7,6 @@ Importing this package registers the built-in metrics (:mod:`camscope.metrics.bu
 from __future__ import annotations
 
 from camscope.metrics import builtin as _builtin  # noqa: F401  (registers the built-in metrics)
-
 from camscope.metrics.faithfulness import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -20,6 +19,7 @@ from camscope.metrics.faithfulness import (
     noisy_linear_imputation,
     road,
 )
+from camscope.metrics.inputs import MetricInputs
 from camscope.metrics.localisation import (
     Box,
     boxes_to_mask,
@@ -38,7 +38,6 @@ from camscope.metrics.maps import (
     spearman,
     top_iou,
 )
-from camscope.metrics.inputs import MetricInputs
 from camscope.metrics.registry import (
     CATEGORIES,
     METRICS,

@@ -32,13 +32,29 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from camscope.io.rundir import ASSETS, METRICS_CSV, REPORT, SUMMARY_JSON, ImageRecord, Manifest, RunDir, smoothing_label, variant_name
+from camscope.io.rundir import (
+    ASSETS,
+    METRICS_CSV,
+    REPORT,
+    SUMMARY_JSON,
+    ImageRecord,
+    Manifest,
+    RunDir,
+    smoothing_label,
+    variant_name,
+)
 from camscope.metrics import CATEGORIES, METRICS
 from camscope.reporting.cache import load_image_metrics
 from camscope.reporting.files import clean_json, write_metrics_csv, write_summary_json
 from camscope.reporting.findings import as_float, best_variant, image_findings, run_findings
 from camscope.reporting.images import PageImages, thumbnail, write_bytes
-from camscope.reporting.summary import OVERALL_CATEGORIES, ReportColumn, report_columns, scalar, summarize
+from camscope.reporting.summary import (
+    OVERALL_CATEGORIES,
+    ReportColumn,
+    report_columns,
+    scalar,
+    summarize,
+)
 
 __all__ = ["ReportFiles", "render_page", "write_report"]
 
@@ -199,7 +215,7 @@ def _summary_context(summary: dict, columns: list[ReportColumn], findings: list[
     rows = []
     for n in order:
         cells = []
-        for c, d in cats.items():
+        for d in cats.values():
             col = [as_float(d["mean_rank"].get(x)) for x in order]
             best = order.index(n) in _best_indices(col, "lower")
             x = d["mean_rank"].get(n)
