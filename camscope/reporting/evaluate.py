@@ -42,6 +42,7 @@ __all__ = [
     "EvaluationResult",
     "MeasureSettings",
     "Measured",
+    "MetricCounts",
     "PhotoMeasurer",
     "add_measured",
     "boxes_to_input_frame",
@@ -56,6 +57,30 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+class MetricCounts(dict):
+    """Maps counted per model-based metric. The group names of camscope 0.1 still read, with a
+    ``DeprecationWarning``: ``["faithfulness"]`` (maps with faithfulness values computed: the
+    most of any faithfulness metric other than ROAD) and ``["road"]`` (0 when ROAD was not
+    measured)."""
+
+    def __missing__(self, key: str) -> int:
+        import warnings
+
+        from camscope.metrics import METRICS
+
+        if key not in ("faithfulness", "road"):
+            raise KeyError(key)
+        warnings.warn(
+            f"EvaluationResult counts are per metric now ({', '.join(self) or 'none measured'}); "
+            f"[{key!r}] is deprecated: use the metric names or .maps_computed / .maps_reused",
+            DeprecationWarning, stacklevel=2,
+        )
+        if key == "road":
+            return 0
+        return max((n for name, n in self.items() if name != "road" and name in METRICS
+                    and METRICS[name].category == "faithfulness"), default=0)
+
+
 @dataclass
 class EvaluationResult:
     """What :func:`evaluate_run` did."""
@@ -63,9 +88,9 @@ class EvaluationResult:
     out: Path
     images: dict[str, dict] = field(default_factory=dict)
     """rel -> the record written to ``DIR/metrics/<rel>.json``."""
-    computed: dict[str, int] = field(default_factory=dict)
+    computed: dict[str, int] = field(default_factory=MetricCounts)
     """Per model-based metric, the number of maps whose values were computed in this call."""
-    reused: dict[str, int] = field(default_factory=dict)
+    reused: dict[str, int] = field(default_factory=MetricCounts)
     """Per model-based metric, the number of maps whose values came from the cache."""
     problems: list[tuple[str, str]] = field(default_factory=list)
     """(rel, reason) for photos that could not be measured completely."""
