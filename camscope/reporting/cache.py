@@ -18,7 +18,7 @@ from typing import Any
 from camscope.io.rundir import RunDir
 from camscope.metrics import MetricSpec
 
-__all__ = ["RECORD_VERSION", "file_sha1", "load_image_metrics", "metric_key"]
+__all__ = ["RECORD_VERSION", "file_sha1", "load_image_metrics", "metric_key", "upgrade_v1"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,33 @@ def load_image_metrics(out_dir: str | Path, rel: str) -> dict | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         logger.warning("%s: unreadable cached metrics, recomputing (%s)", path, exc)
         return None
+    if isinstance(rec, dict) and rec.get("version") == 1:
+        return upgrade_v1(rec)
     if not isinstance(rec, dict) or rec.get("version") != RECORD_VERSION:
         return None
+    return rec
+
+
+def upgrade_v1(rec: dict) -> dict:
+    """A version-1 record (camscope 0.1: fixed faithfulness and ROAD groups) as version 2, so
+    that its costly values are reused: each group's key becomes the keys of the registered
+    metrics that compute the same values (deletion/insertion, Average Drop, ROAD)."""
+    for entry in rec.get("targets") or []:
+        for v in (entry.get("variants") or {}).values():
+            measured: dict[str, Any] = {}
+            fk, rk = v.pop("faithfulness_key", None), v.pop("road_key", None)
+            if isinstance(fk, dict) and fk.get("adi") == "pixel-space":
+                measured["deletion_insertion"] = {"params": _jsonable(
+                    {"steps": fk.get("steps"), "score": fk.get("score"), "delete": fk.get("delete"), "insert": fk.get("insert")})}
+                measured["average_drop"] = {"params": {"score": fk.get("score")}}
+                if "gap" not in v and isinstance(v.get("insertion_auc"), (int, float)) and isinstance(v.get("deletion_auc"), (int, float)):
+                    v["gap"] = v["insertion_auc"] - v["deletion_auc"]
+            if isinstance(rk, dict):
+                measured["road"] = {"params": _jsonable({"fractions": rk.get("fractions"), "noise": rk.get("noise"),
+                                                         "score": rk.get("score")}), "seed": rk.get("seed")}
+            if measured:
+                v["measured"] = measured
+    rec["version"] = RECORD_VERSION
     return rec
 
 

@@ -345,3 +345,35 @@ def test_evaluate_on_a_cam_result(make_tiny_cnn: Callable[..., Any]) -> None:
     res.model = None  # e.g. a result computed with a CamEngine directly
     with pytest.raises(UsageError, match="need the model"):
         camscope.evaluate(res, "faithfulness")
+
+
+def test_records_of_camscope_0_1_are_reused(run: tuple[Path, LoadedModel], tmp_path: Path) -> None:
+    """A DIR/metrics/ written by the fixed-group report (record version 1) keeps its costly
+    values: no forward pass after the upgrade."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run[0], out)
+    with torch_threads(1):
+        ev, _ = build_report(out, model=run[1], steps=4)
+    assert ev.maps_computed == 12
+    for rel, rec in ev.images.items():  # rewrite each record as camscope 0.1 wrote it
+        rec["version"] = 1
+        for entry in rec["targets"]:
+            for v in entry["variants"].values():
+                del v["measured"], v["gap"]
+                v["faithfulness_key"] = {"steps": 4, "score": "prob", "delete": "zero", "insert": "blur", "adi": "pixel-space"}
+                v["road_key"] = {"fractions": list(ROAD_FRACTIONS), "noise": 0.01, "seed": 0, "score": "prob"}
+        (out / "metrics" / f"{rel}.json").write_text(json.dumps(rec), encoding="utf-8")
+
+    class Exploding(torch.nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            raise AssertionError("the model must not run: every value is cached")
+
+    before = {rel: rec["targets"][0]["variants"]["gradcam"]["insertion_auc"] for rel, rec in ev.images.items()}
+    ev2, _ = build_report(out, model=Exploding(), steps=4)
+    assert ev2.maps_computed == 0 and ev2.maps_reused == 12
+    for rel, rec in ev2.images.items():
+        v = rec["targets"][0]["variants"]["gradcam"]
+        assert v["insertion_auc"] == before[rel] and v["gap"] == pytest.approx(v["insertion_auc"] - v["deletion_auc"])
+        assert rec["version"] == 2
