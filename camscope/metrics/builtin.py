@@ -71,6 +71,7 @@ def _np_maps(maps: Tensor) -> list[np.ndarray]:
     cost="2 (steps + 1) forwards",
     params={"steps": DEFAULT_STEPS, "score": "prob", "delete": "zero", "insert": "blur"},
     sweep=("steps", (12, 50)),
+    default=True,
 )
 def deletion_insertion_metric(inputs: MetricInputs, maps: Tensor) -> dict:
     """Deletion and insertion AUC and their gap, with the curves (as the report plots them)."""
@@ -112,6 +113,7 @@ def deletion_insertion_metric(inputs: MetricInputs, maps: Tensor) -> dict:
     needs=("model",),
     cost="2 forwards",
     params={"score": "prob"},
+    default=True,
 )
 def adi_metric(inputs: MetricInputs, maps: Tensor) -> dict:
     """Per map: the drop in % (0-100) and the increase as 100 or 0 (their means over photos
@@ -151,6 +153,7 @@ def adi_metric(inputs: MetricInputs, maps: Tensor) -> dict:
     params={"fractions": ROAD_FRACTIONS, "noise": 0.01, "score": "prob"},
     seeded=True,
     sweep=("noise", (0.005, 0.02)),
+    default=True,
 )
 def road_metric(inputs: MetricInputs, maps: Tensor) -> dict:
     """ROAD most- and least-relevant-first AUC (mean score over the removed fractions)."""
@@ -192,6 +195,7 @@ def _region(inputs: MetricInputs) -> np.ndarray:
     columns={"pointing_game": {"unit": "bool"}},
     needs=("region",),
     params={"tolerance": 15},
+    default=True,
 )
 def pointing_game_metric(inputs: MetricInputs, maps: Tensor) -> dict:
     """1.0 for a hit, 0.0 for a miss (15 px tolerance in the model input's frame)."""
@@ -211,6 +215,7 @@ def pointing_game_metric(inputs: MetricInputs, maps: Tensor) -> dict:
     equation="sum(S * box) / sum(S)",
     columns={"energy_pg": {"unit": "fraction"}},
     needs=("region",),
+    default=True,
 )
 def energy_pg_metric(inputs: MetricInputs, maps: Tensor) -> dict:
     """Share of the (non-negative part of the) map's energy inside the box."""
@@ -233,6 +238,7 @@ def energy_pg_metric(inputs: MetricInputs, maps: Tensor) -> dict:
         "top10_energy": {"title": "Top-10% energy", "direction": "higher", "unit": "fraction"},
         "entropy": {"title": "Normalised entropy", "direction": "lower"},
     },
+    default=True,
 )
 def concentration_metric(inputs: MetricInputs, maps: Tensor) -> dict:
     """Share of the energy in the top 5 % / 10 % pixels and the normalised entropy."""
@@ -251,6 +257,7 @@ def concentration_metric(inputs: MetricInputs, maps: Tensor) -> dict:
     equation="mean over the other maps m' of the photo of spearman(S_m, S_m')",
     keys=("mean_spearman",),
     columns={"mean_spearman": {"title": "Mean Spearman to the other maps"}},
+    default=True,
 )
 def agreement_metric(inputs: MetricInputs, maps: Tensor) -> dict:
     """How much a map agrees with the photo's other maps (NaN with a single map)."""

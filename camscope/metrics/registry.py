@@ -100,7 +100,9 @@ class MetricSpec:
         needs: subset of ``NEEDS``.
         cost: what one map costs, in words (e.g. ``"2 (steps + 1) forwards"``).
         params: default hyperparameters (overridable; part of the cache key).
-        default: measured by ``camscope report`` without ``--metrics``.
+        default: measured by ``camscope report`` without ``--metrics``. False unless the
+            registration says so: a new metric is opt-in (``--metrics NAME``, its category or
+            ``all``), so that the default report keeps its cost.
         columns: one :class:`Column` per key (title, direction, ranked, unit).
         extras: per-map JSON values the function also returns (curves), kept in the per-photo
             record and not in ``metrics.csv``: a sequence of M JSON-ready values per extra key.
@@ -122,7 +124,7 @@ class MetricSpec:
     needs: frozenset[str] = frozenset()
     cost: str = "0 forwards"
     params: Mapping[str, Any] = field(default_factory=dict)
-    default: bool = True
+    default: bool = False
     columns: tuple[Column, ...] = ()
     extras: tuple[str, ...] = ()
     seeded: bool = False
@@ -165,7 +167,7 @@ def register_metric(
     needs: tuple[str, ...] = (),
     cost: str = "0 forwards",
     params: Mapping[str, Any] | None = None,
-    default: bool = True,
+    default: bool = False,
     columns: Mapping[str, Mapping[str, Any]] | None = None,
     extras: tuple[str, ...] = (),
     seeded: bool = False,

@@ -157,6 +157,13 @@ def test_registration_is_checked() -> None:
     assert [m.name for m in metrics_in("localisation,concentration")] == ["pointing_game", "energy_pg", "concentration"]
     assert [m.name for m in metrics_in(None)] == [m.name for m in METRICS.values() if m.default]
     assert {m.name for m in metrics_in("all")} == set(METRICS)
+    # A new registration is opt-in: the default report keeps its cost.
+    register_metric("example_optin", category="complexity", direction="higher", **kw)(lambda i, m: {})
+    try:
+        assert "example_optin" not in [m.name for m in metrics_in(None)]
+        assert "example_optin" in [m.name for m in metrics_in("complexity")]
+    finally:
+        unregister_metric("example_optin")
     with pytest.raises(UsageError, match="has no parameter 'stepz'"):
         METRICS["deletion_insertion"].resolved({"stepz": 3})
 
