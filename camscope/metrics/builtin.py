@@ -16,7 +16,7 @@ from torch import Tensor
 from camscope.metrics.faithfulness import average_drop_increase, deletion_insertion, road
 from camscope.metrics.inputs import MetricInputs
 from camscope.metrics.localisation import energy_pointing_game, pointing_game
-from camscope.metrics.maps import concentration, spearman
+from camscope.metrics.maps import concentration
 from camscope.metrics.registry import register_metric
 
 __all__ = [
@@ -260,11 +260,21 @@ def concentration_metric(inputs: MetricInputs, maps: Tensor) -> dict:
     default=True,
 )
 def agreement_metric(inputs: MetricInputs, maps: Tensor) -> dict:
-    """How much a map agrees with the photo's other maps (NaN with a single map)."""
+    """How much a map agrees with the photo's other maps (NaN with a single map or where every
+    correlation is undefined). Each map is ranked once (average ranks for ties) and every pair's
+    Spearman correlation comes from one matrix product: the same values as
+    :func:`camscope.metrics.spearman` for each pair, M rankings instead of M (M - 1)."""
+    from scipy.stats import rankdata
+
     arr = _np_maps(maps)
+    m = len(arr)
+    ranks = np.stack([rankdata(a.ravel()) for a in arr]) if m else np.zeros((0, 0))
+    ranks -= ranks.mean(axis=1, keepdims=True)
+    gram = ranks @ ranks.T
+    norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
     out = []
-    for i, a in enumerate(arr):
-        rhos = [spearman(a, b) for j, b in enumerate(arr) if j != i]
-        rhos = [r for r in rhos if np.isfinite(r)]
+    for i in range(m):
+        rhos = [float(np.clip(gram[i, j] / (norms[i] * norms[j]), -1.0, 1.0))
+                for j in range(m) if j != i and norms[i] * norms[j] > 0]
         out.append(_r(float(np.mean(rhos))) if rhos else float("nan"))
     return {"mean_spearman": torch.tensor(out, dtype=torch.float64)}
