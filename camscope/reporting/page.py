@@ -224,7 +224,14 @@ def _metric_table(entry: dict, columns: list[ReportColumn]) -> dict[str, Any] | 
             raw = v.get("degenerate") if c.key == "degenerate" else scalar(v, c.key)
             cells.append(_cell(_fmt(c, raw, per_photo=True), i in _best_indices(vals[c.key], c.direction)))
         rows.append({"label": v.get("label") or n, "cells": cells})
-    return {"headers": [_title(c) for c in keys], "rows": rows}
+    groups: list[dict[str, Any]] = []
+    for c in keys:  # columns come in category order: one header cell per run of a category
+        title = (c.category or "map properties").capitalize()
+        if groups and groups[-1]["title"] == title:
+            groups[-1]["span"] += 1
+        else:
+            groups.append({"title": title, "span": 1})
+    return {"headers": [_title(c) for c in keys], "groups": groups, "rows": rows}
 
 
 def _agreement_matrix(entry: dict) -> dict[str, Any] | None:
