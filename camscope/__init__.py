@@ -6,6 +6,7 @@
     res                            # in a notebook: a grid of photos and overlays
     res.maps["gradcam"][0, 0]      # (224, 224) map in [0, 1] for the predicted class
     res.save("runs/x")             # the CLI's run folder; then camscope.report("runs/x")
+    camscope.evaluate(res, metrics=["faithfulness", "complexity"])   # registered metrics, in memory
 
 Heavy modules (torch, torchvision, matplotlib) load on first use, not on ``import camscope``.
 """
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "explain",
+    "evaluate",
     "report",
     "CamEngine",
     "CamResult",
@@ -148,6 +150,19 @@ def report(out: str | Path, *, model: Any = None, **options: Any) -> Any:
     from camscope.reporting import build_report
 
     return build_report(out, model=model, **options)
+
+
+def evaluate(result: CamResult, metrics: str | Sequence[str] | None = None, **options: Any) -> Any:
+    """Measure the maps of a :class:`~camscope.engine.CamResult` (e.g. from :func:`explain`)
+    with registered metrics: names, categories (``"faithfulness"``, ``"complexity"``...),
+    ``"all"``, or None for the report's default set (see ``camscope.metrics.METRICS``).
+    ``options`` as :func:`camscope.reporting.notebook.evaluate_result` (``model=``, ``regions=``,
+    ``seed=``, ``params=``). Returns a :class:`~camscope.reporting.notebook.MetricTable`: per
+    image, class and variant the values; ``table.means()`` per variant; an HTML table in a
+    notebook."""
+    from camscope.reporting.notebook import evaluate_result
+
+    return evaluate_result(result, metrics, **options)
 
 
 def _as_batch(images: Any, pre: Preprocess) -> tuple[Tensor, list[Any] | None]:
