@@ -35,9 +35,9 @@ from camscope.metrics import (
 )
 from camscope.metrics.builtin import ROAD_FRACTIONS
 from camscope.models import LoadedModel, Preprocess
-from camscope.run import ExplainOptions, run_explain
 from camscope.reporting import build_report
 from camscope.reporting.cache import load_image_metrics
+from camscope.run import ExplainOptions, run_explain
 
 SIZE = 32
 CLASSES = ["a", "b", "c", "d", "e"]
