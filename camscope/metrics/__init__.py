@@ -1,7 +1,19 @@
-"""Metrics for saliency maps: faithfulness, localisation, map properties, sanity checks."""
+"""Metrics for saliency maps: faithfulness, localisation, map properties, sanity checks.
+
+Importing it registers every metric module in :data:`camscope.metrics.registry.METRICS`.
+"""
 
 from __future__ import annotations
 
+# Registered metric families (importing a module registers its metrics).
+from camscope.metrics import (  # noqa: F401
+    arcc,
+    complexity,
+    faithfulness_extra,
+    localisation_masks,
+    randomisation,
+    robustness,
+)
 from camscope.metrics.faithfulness import (
     IMAGENET_MEAN,
     IMAGENET_STD,
