@@ -22,7 +22,10 @@ __all__ = ["random_logit", "ssim_data_range"]
 def ssim_data_range(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM of two maps with ``data_range`` = the range of both together and skimage's default
     7x7 window (Quantus 0.6's ``similarity_func.ssim``); smaller odd window for tiny maps."""
-    from skimage.metrics import structural_similarity  # optional: scikit-image, only for SSIM
+    try:
+        from skimage.metrics import structural_similarity  # optional: scikit-image, only for SSIM
+    except ImportError:
+        raise UsageError("metric random-logit: SSIM needs scikit-image (pip install scikit-image)") from None
 
     both = np.concatenate([a.ravel(), b.ravel()])
     rng = float(abs(both.max() - both.min()))

@@ -24,9 +24,9 @@ TARGET = 2
 
 
 class TinyNet(nn.Module):
-    def __init__(self, classes: int = 5) -> None:
+    def __init__(self, classes: int = 5, channels: int = 3) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv = nn.Conv2d(channels, 6, 3, padding=1)
         self.fc = nn.Linear(6 * 4 * 4, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -325,6 +325,35 @@ def test_monotonicity_by_hand(setup):
     # Quantus' version: always True, whatever the map (its convention, shown here).
     q = q_call(quantus.Monotonicity(features_in_step=128, disable_warnings=True), setup)
     assert q.all()
+
+
+def test_irof_equals_quantus(setup, monkeypatch):
+    """Quantus 0.6's IROF masks with a (B,1,H,W) segment mask that its perturb function refuses for
+    3-channel inputs, so the comparison uses a 1-channel model. mean 0 / std 1 make camscope's
+    pixel-space photo the tensor Quantus segments; Quantus is called per image (its "mean" baseline
+    averages over the whole batch) and returns S times camscope's value. Quantus 0.6 calls
+    np.trapz, gone in NumPy 2.4: given back here as np.trapezoid."""
+    from skimage.segmentation import slic
+
+    if not hasattr(np, "trapz"):
+        monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
+
+    _, _, maps, _, _ = setup
+    torch.manual_seed(0)
+    model = TinyNet(channels=1).eval()
+    g = torch.Generator().manual_seed(5)
+    image = torch.rand(1, H, W, generator=g)
+    seg = slic(image.permute(1, 2, 0).double().numpy(), start_label=0)
+    n_seg = int(seg.max()) + 1
+    assert n_seg > 3
+    inp = MetricInputs(target=TARGET, image=image, forward=model, mean=(0,), std=(1,), batch_size=16)
+    ours = METRICS["irof"].fn(inp, maps)["irof"].numpy()
+    for m in range(2):
+        theirs = quantus.IROF(disable_warnings=True, return_aggregate=False)(
+            model=model, x_batch=image.numpy()[None], y_batch=np.array([TARGET]),
+            a_batch=maps[m : m + 1, None].float().numpy(), device="cpu",
+        )
+        assert ours[m] * n_seg == pytest.approx(float(np.asarray(theirs)[0]), abs=1e-5)
 
 
 def test_infidelity_by_hand(setup):
