@@ -8,6 +8,7 @@ from __future__ import annotations
 # Registered metric families (importing a module registers its metrics).
 from camscope.metrics import (  # noqa: F401
     arcc,
+    axiomatic,
     complexity,
     faithfulness_extra,
     localisation_masks,
