@@ -144,22 +144,26 @@ def table(rows: dict[str, np.ndarray]) -> tuple[str, dict[str, tuple[float, floa
     return "\n".join(lines), ours
 
 
-def orderings(ours: dict[str, tuple[float, float]]) -> list[str]:
-    """The paper's pairwise orderings, and whether each holds here."""
+def orderings(ours: dict[str, tuple[float, float]], rows: dict[str, np.ndarray] | None = None) -> list[str]:
+    """The paper's pairwise orderings, and whether each holds here (ties said as such); with
+    ``rows``, the paired per-photo count: photos where the paper's better method keeps more of the
+    score on its explanation map (higher O)."""
     out = []
     for col, name, lower in ((0, "Average Drop", True), (1, "Average Increase", False)):
         for a, b in (("scorecam", "gradcam"), ("scorecam", "gradcampp"), ("gradcampp", "gradcam")):
             pa, pb = PAPER[a][col], PAPER[b][col]
-            paper_a_better = pa < pb if lower else pa > pb
-            oa, ob = ours[a][col], ours[b][col]
-            ours_a_better = oa < ob if lower else oa > ob
-            better, worse = (a, b) if paper_a_better else (b, a)
-            holds = paper_a_better == ours_a_better and oa != ob
-            out.append(
-                f"{name}: paper {TITLES[better]} better than {TITLES[worse]} "
-                f"({PAPER[better][col]} vs {PAPER[worse][col]}): {'holds' if holds else 'does NOT hold'} "
-                f"({ours[better][col]:.1f} vs {ours[worse][col]:.1f})"
-            )
+            better, worse = (a, b) if (pa < pb if lower else pa > pb) else (b, a)
+            ob, ow = ours[better][col], ours[worse][col]
+            if ob == ow:
+                verdict = "tie here"
+            else:
+                verdict = "holds" if (ob < ow if lower else ob > ow) else "does NOT hold"
+            line = (f"{name}: paper {TITLES[better]} better than {TITLES[worse]} "
+                    f"({PAPER[better][col]} vs {PAPER[worse][col]}): {verdict} ({ob:.1f} vs {ow:.1f})")
+            if rows is not None and col == 0:
+                wins = int(np.sum(rows[better] > rows[worse]))
+                line += f"; per photo, higher O for {TITLES[better]} on {wins}/{len(rows['y'])}"
+            out.append(line)
     return out
 
 
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     text, ours = table(rows)
     print(text)
     print()
-    for line in orderings(ours):
+    for line in orderings(ours, rows):
         print("-", line)
     print(f"\n{time.perf_counter() - t0:.0f} s")
     return 0
