@@ -1,12 +1,23 @@
 """Metrics for saliency maps: faithfulness, localisation, map properties, sanity checks.
 
-Importing this package registers the built-in metrics (:mod:`camscope.metrics.builtin`) in
-:data:`~camscope.metrics.registry.METRICS`, which the report and ``camscope.evaluate`` read.
+Importing this package registers the built-in metrics (:mod:`camscope.metrics.builtin`) and
+every metric family module in :data:`~camscope.metrics.registry.METRICS`, which the report and
+``camscope.evaluate`` read.
 """
 
 from __future__ import annotations
 
 from camscope.metrics import builtin as _builtin  # noqa: F401  (registers the built-in metrics)
+# Registered metric families (importing a module registers its metrics).
+from camscope.metrics import (  # noqa: F401
+    arcc,
+    axiomatic,
+    complexity,
+    faithfulness_extra,
+    localisation_masks,
+    randomisation,
+    robustness,
+)
 from camscope.metrics.faithfulness import (
     IMAGENET_MEAN,
     IMAGENET_STD,
