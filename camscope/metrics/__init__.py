@@ -7,7 +7,6 @@ every metric family module in :data:`~camscope.metrics.registry.METRICS`, which 
 
 from __future__ import annotations
 
-from camscope.metrics import builtin as _builtin  # noqa: F401  (registers the built-in metrics)
 # Registered metric families (importing a module registers its metrics).
 from camscope.metrics import (  # noqa: F401
     arcc,
@@ -18,6 +17,7 @@ from camscope.metrics import (  # noqa: F401
     randomisation,
     robustness,
 )
+from camscope.metrics import builtin as _builtin  # noqa: F401  (registers the built-in metrics)
 from camscope.metrics.faithfulness import (
     IMAGENET_MEAN,
     IMAGENET_STD,
