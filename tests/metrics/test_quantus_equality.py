@@ -241,7 +241,9 @@ def test_relative_output_stability_by_hand(setup):
             num = float(((e - ep) / (e + (e == 0) * eps)).norm())
             den = float(((h - hp) / (h + (h == 0) * eps)).norm())
             best = max(best, num / max(den, eps))
-        assert ours[m] == pytest.approx(best, rel=1e-6)
+        # The ratio divides by small relative changes of float32 logits: the model's rounding
+        # (thread count, kernels) moves it by ~1e-6 relative, so 1e-5 here.
+        assert ours[m] == pytest.approx(best, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
