@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default=None, help="folder of per-photo results (resumable)")
     p.add_argument("--batch-size", type=int, default=None, help="Score-CAM rows per forward")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="measure only every N-th photo from the I-th (run N at once on one --cache, then once without)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -183,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     if not root.is_dir():
         root = Path("/work/shared/images")
     photos = find_photos(root, args.limit)
+    if args.shard:
+        i, n = (int(v) for v in args.shard.split("/"))
+        photos = photos[i::n]
     t0 = time.perf_counter()
     rows = measure(photos, Path(args.cache) if args.cache else None, args.batch_size)
     text, ours = table(rows)
