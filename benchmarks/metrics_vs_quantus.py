@@ -36,26 +36,26 @@ LAYER = "layer4"
 SAME = {
     "sparseness": ("Sparseness", {}, {}),
     "complexity": ("Complexity", {}, {}),
-    "effective-complexity": ("EffectiveComplexity", {}, {}),
-    "relevance-mass": ("RelevanceMassAccuracy", {}, {}),
-    "relevance-rank": ("RelevanceRankAccuracy", {}, {}),
-    "top-k-intersection": ("TopKIntersection", {"k": 1000}, {"k": 1000}),
-    "attribution-localisation": ("AttributionLocalisation", {}, {}),
+    "effective_complexity": ("EffectiveComplexity", {}, {}),
+    "relevance_mass": ("RelevanceMassAccuracy", {}, {}),
+    "relevance_rank": ("RelevanceRankAccuracy", {}, {}),
+    "top_k_intersection": ("TopKIntersection", {"k": 1000}, {"k": 1000}),
+    "attribution_localisation": ("AttributionLocalisation", {}, {}),
 }
 
 
 def robust_specs(samples: int, runs: int) -> dict[str, tuple[str, dict, dict, str]]:
     """camscope name -> (Quantus class, camscope params, Quantus kwargs, note)."""
     return {
-        "faithfulness-correlation": ("FaithfulnessCorrelation", {"nr_runs": runs, "subset_size": 224},
+        "faithfulness_correlation": ("FaithfulnessCorrelation", {"nr_runs": runs, "subset_size": 224},
                                      {"nr_runs": runs, "subset_size": 224}, "RNG/feature convention differs"),
-        "avg-sensitivity": ("AvgSensitivity", {"nr_samples": samples}, {"nr_samples": samples}, "own random draws"),
-        "max-sensitivity": ("MaxSensitivity", {"nr_samples": samples}, {"nr_samples": samples}, "own random draws"),
-        "local-lipschitz": ("LocalLipschitzEstimate", {"nr_samples": samples}, {"nr_samples": samples}, "own random draws"),
-        "relative-input-stability": ("RelativeInputStability", {"nr_samples": samples}, {"nr_samples": samples}, "own random draws"),
-        "relative-output-stability": ("RelativeOutputStability", {"nr_samples": samples}, {"nr_samples": samples},
+        "avg_sensitivity": ("AvgSensitivity", {"nr_samples": samples}, {"nr_samples": samples}, "own random draws"),
+        "max_sensitivity": ("MaxSensitivity", {"nr_samples": samples}, {"nr_samples": samples}, "own random draws"),
+        "local_lipschitz": ("LocalLipschitzEstimate", {"nr_samples": samples}, {"nr_samples": samples}, "own random draws"),
+        "relative_input_stability": ("RelativeInputStability", {"nr_samples": samples}, {"nr_samples": samples}, "own random draws"),
+        "relative_output_stability": ("RelativeOutputStability", {"nr_samples": samples}, {"nr_samples": samples},
                                       "denominator convention differs"),
-        "random-logit": ("RandomLogit", {"num_classes": 1000}, {"num_classes": 1000}, "SSIM 2-D vs 1-D"),
+        "random_logit": ("RandomLogit", {"num_classes": 1000}, {"num_classes": 1000}, "SSIM 2-D vs 1-D"),
     }
 
 

@@ -54,7 +54,7 @@ def _pearson(a: Tensor, b: Tensor) -> Tensor:
     "arcc", title="ARCC (complexity, coherency, ROAD)", category="faithfulness", direction="higher",
     paper="Domeniconi et al., arXiv 2026 (pytorch-grad-cam ARCC)", url="https://arxiv.org/abs/2605.14641",
     equation="ARCC = 3 / (1/coherency + 1/(1 - complexity) + 1/clip(2 ROAD, 0, 1))",
-    keys=("arcc", "arcc-complexity", "arcc-coherency", "arcc-road"), needs=("model", "explain"),
+    keys=("arcc", "arcc_complexity", "arcc_coherency", "arcc_road"), needs=("model", "explain"),
     cost="1 explanation + 2 len(percentiles) imputations and forwards per map",
     params=_ARCC, default=False,
 )
@@ -83,4 +83,4 @@ def arcc(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     road = (after[:, 1] - after[:, 0]) / 2
     road_scaled = (2 * road).clamp(0, 1)
     value = 3 / (1 / (coherency + 1e-8) + 1 / ((1 - complexity) + 1e-8) + 1 / (road_scaled + 1e-8))
-    return {"arcc": value, "arcc-complexity": complexity, "arcc-coherency": coherency, "arcc-road": road}
+    return {"arcc": value, "arcc_complexity": complexity, "arcc_coherency": coherency, "arcc_road": road}

@@ -33,7 +33,7 @@ _NS = {"patch": 16, "eps": 1e-5, "map_eps": 1e-5, "baseline": "black", "score": 
 
 
 @register_metric(
-    "non-sensitivity", title="Non-Sensitivity", category="axiomatic", direction="lower",
+    "non_sensitivity", title="Non-Sensitivity", category="axiomatic", direction="lower",
     paper="Nguyen & Martinez, arXiv 2020", url="https://arxiv.org/abs/2007.07584",
     equation="|{P : max_P |a| / max|a| < map_eps} Δ {P : |f(x) - f(x_[P = baseline])| < eps}| / #patches",
     needs=("model",), cost="ceil(H/patch) * ceil(W/patch) forwards per photo (shared by all maps)",
@@ -41,7 +41,7 @@ _NS = {"patch": 16, "eps": 1e-5, "map_eps": 1e-5, "baseline": "black", "score": 
 )
 def non_sensitivity(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     """Share of patches where the map and the model disagree about irrelevance (Nguyen & Martinez
-    2020, "On quantitative aspects of model interpretability", Sec. 4 "non-sensitivity"): a patch
+    2020, "On quantitative aspects of model interpretability", Sec. 4 "non_sensitivity"): a patch
     the map gives (almost) no relevance but whose removal changes the target's probability, or a
     patch with relevance whose removal changes nothing. 0 is best.
 
@@ -50,8 +50,8 @@ def non_sensitivity(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     :mod:`camscope.metrics.faithfulness_extra`). The removals do not depend on the map: one forward
     per patch serves all maps.
     """
-    p = params_of(inputs, _NS, "non-sensitivity")
-    image, forward = model_of(inputs, "non-sensitivity")
+    p = params_of(inputs, _NS, "non_sensitivity")
+    image, forward = model_of(inputs, "non_sensitivity")
     h, w = image.shape[-2:]
     ps = int(p["patch"])
     if ps < 1:
@@ -75,4 +75,4 @@ def non_sensitivity(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     pad = (0, gw * ps - w, 0, gh * ps - h)
     patch_max = F.max_pool2d(F.pad(a.unsqueeze(1), pad), ps).reshape(a.shape[0], -1)  # (M,P)
     irrelevant = patch_max < float(p["map_eps"])
-    return {"non-sensitivity": (irrelevant ^ no_effect.view(1, -1)).to(torch.float64).mean(dim=1)}
+    return {"non_sensitivity": (irrelevant ^ no_effect.view(1, -1)).to(torch.float64).mean(dim=1)}

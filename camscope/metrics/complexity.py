@@ -64,7 +64,7 @@ _EFFECTIVE = {"eps": 1e-5}
 
 
 @register_metric(
-    "effective-complexity", title="Effective Complexity", category="complexity", direction="lower",
+    "effective_complexity", title="Effective Complexity", category="complexity", direction="lower",
     paper="Nguyen & Martinez, arXiv 2020", url="https://arxiv.org/abs/2007.07584",
     equation="EC(a) = #{i : |a_i| / max|a| > eps}",
     cost="0 forwards", params=_EFFECTIVE,
@@ -73,7 +73,7 @@ def effective_complexity(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor
     """Number of pixels whose max-normalised |relevance| exceeds ``eps`` (Nguyen & Martinez 2020,
     "On quantitative aspects of model interpretability", Sec. 4; the count of features a user
     must look at). Default ``eps=1e-5`` as Quantus. Counts, as float (NaN for a zero map)."""
-    p = params_of(inputs, _EFFECTIVE, "effective-complexity")
+    p = params_of(inputs, _EFFECTIVE, "effective_complexity")
     a, zero = _normalised(maps)
     count = (a > float(p["eps"])).sum(dim=1).to(torch.float64)
-    return {"effective-complexity": torch.where(zero, torch.nan, count)}
+    return {"effective_complexity": torch.where(zero, torch.nan, count)}

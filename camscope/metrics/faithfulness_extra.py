@@ -52,7 +52,7 @@ _FC = {"nr_runs": 100, "subset_size": 224, "baseline": "black", "score": "logit"
 
 
 @register_metric(
-    "faithfulness-correlation", title="Faithfulness Correlation", category="faithfulness",
+    "faithfulness_correlation", title="Faithfulness Correlation", category="faithfulness",
     direction="higher", paper="Bhatt et al., IJCAI 2020", url="https://arxiv.org/abs/2005.00631",
     equation="corr_S( sum_{i in S} a_i , f(x) - f(x_[x_S = baseline]) ),  |S| = subset_size",
     needs=("model",), cost="nr_runs forwards per photo (shared by all maps)", params=_FC,
@@ -66,8 +66,8 @@ def faithfulness_correlation(inputs: MetricInputs, maps: Tensor) -> dict[str, Te
     Defaults as Quantus (100 runs, 224 features, logit); Quantus draws features per channel
     element (3·H·W of them) from NumPy's global RNG, camscope draws pixels from the metric's seed.
     """
-    p = params_of(inputs, _FC, "faithfulness-correlation")
-    image, forward = model_of(inputs, "faithfulness-correlation")
+    p = params_of(inputs, _FC, "faithfulness_correlation")
+    image, forward = model_of(inputs, "faithfulness_correlation")
     h, w = image.shape[-2:]
     n = h * w
     runs, size = int(p["nr_runs"]), int(p["subset_size"])
@@ -82,7 +82,7 @@ def faithfulness_correlation(inputs: MetricInputs, maps: Tensor) -> dict[str, Te
     y = scores(forward, image.unsqueeze(0), inputs.target, p["score"], 1)[0]
     drops = y - scores(forward, batch, inputs.target, p["score"], inputs.batch_size)
     sums = flat(maps).to(image.device) @ chosen.to(torch.float64).T  # (M, runs)
-    return {"faithfulness-correlation": _pearson_rows(sums, drops)}
+    return {"faithfulness_correlation": _pearson_rows(sums, drops)}
 
 
 _MONO = {"pixels_per_step": 224, "baseline": "black", "score": "prob"}
@@ -92,14 +92,14 @@ _MONO = {"pixels_per_step": 224, "baseline": "black", "score": "prob"}
     "monotonicity", title="Monotonicity (Arya et al.)", category="faithfulness", direction="higher",
     paper="Arya et al., arXiv 2019 (AIX360)", url="https://arxiv.org/abs/1909.03012",
     equation="1[f(x_{S_1}) <= f(x_{S_2}) <= ... <= f(x)],  S_k = the k*p least relevant pixels revealed on the baseline",
-    keys=("monotonicity", "monotonicity-fraction"), needs=("model",),
+    keys=("monotonicity", "monotonicity_fraction"), needs=("model",),
     cost="ceil(H*W / pixels_per_step) forwards per map", params=_MONO, default=False,
 )
 def monotonicity(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     """Arya et al. 2019 ("One explanation does not fit all", AIX360 monotonicity): start from the
     baseline image, reveal pixels in *increasing* order of relevance, ``pixels_per_step`` at a
     time; the map is monotonic (1) when the target's probability never decreases along the way.
-    ``monotonicity-fraction``: the share of steps that do not decrease (a graded version).
+    ``monotonicity_fraction``: the share of steps that do not decrease (a graded version).
     (Nguyen & Martinez 2020's Monotonicity *Correlation* is a different metric, not this one.)
     Ties: lower row-major index first. Quantus reveals ``features_in_step`` channel elements per
     step; with ``3 * pixels_per_step`` and a map without ties the two are the same curve.
@@ -128,7 +128,7 @@ def monotonicity(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
         ok = torch.diff(curve) >= 0
         mono.append(ok.all().to(torch.float64))
         frac.append(ok.to(torch.float64).mean() if ok.numel() else torch.tensor(1.0, dtype=torch.float64, device=image.device))
-    return {"monotonicity": torch.stack(mono), "monotonicity-fraction": torch.stack(frac)}
+    return {"monotonicity": torch.stack(mono), "monotonicity_fraction": torch.stack(frac)}
 
 
 _IROF = {"score": "prob", "slic": None}

@@ -40,7 +40,7 @@ _RL = {"num_classes": None}
 
 
 @register_metric(
-    "random-logit", title="Random Logit", category="randomisation", direction="lower",
+    "random_logit", title="Random Logit", category="randomisation", direction="lower",
     paper="Sixt et al., ICML 2020", url="https://arxiv.org/abs/1912.09818",
     equation="SSIM(a(x, y), a(x, y')),  y' ~ U({0..C-1} \\ {y})",
     needs=("model", "explain"), cost="1 explanation per map (+1 forward)", params=_RL, default=False,
@@ -53,9 +53,9 @@ def random_logit(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     output unless ``num_classes`` is given); the same class for every map of the photo. SSIM as
     Quantus: ``data_range`` = range of both maps, 7x7 window.
     """
-    p = params_of(inputs, _RL, "random-logit")
-    image, forward = model_of(inputs, "random-logit")
-    explainers = explainers_of(inputs, maps.shape[0], "random-logit")
+    p = params_of(inputs, _RL, "random_logit")
+    image, forward = model_of(inputs, "random_logit")
+    explainers = explainers_of(inputs, maps.shape[0], "random_logit")
     c = p["num_classes"]
     if c is None:
         with torch.inference_mode():
@@ -70,4 +70,4 @@ def random_logit(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     for a, explain in zip(maps, explainers, strict=True):
         b = run_explainer(explain, image.unsqueeze(0), [other], 1)[0]
         values.append(ssim_data_range(a.detach().to("cpu", torch.float64).numpy(), b.to("cpu").numpy()))
-    return {"random-logit": torch.tensor(values, dtype=torch.float64, device=maps.device)}
+    return {"random_logit": torch.tensor(values, dtype=torch.float64, device=maps.device)}

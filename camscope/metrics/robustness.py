@@ -77,7 +77,7 @@ def _sensitivities(inputs: MetricInputs, maps: Tensor, name: str) -> Tensor:
 
 
 @register_metric(
-    "avg-sensitivity", title="Avg-Sensitivity", category="robustness", direction="lower",
+    "avg_sensitivity", title="Avg-Sensitivity", category="robustness", direction="lower",
     paper="Yeh et al., NeurIPS 2019", url="https://arxiv.org/abs/1901.09392",
     equation="mean_{x' ~ U(x ± r)} ||a(x') - a(x)||_F / ||a(x)||_F",
     needs=("model", "explain"), cost="nr_samples explanations per map", params=_SENS, default=False,
@@ -86,11 +86,11 @@ def avg_sensitivity(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     """Average relative change of the map under small uniform input noise: Yeh et al. 2019 ("On the (in)fidelity and sensitivity of explanations", NeurIPS, Def. 3.1),
     as Quantus 0.6: ||a(x') - a(x)||_F / ||a(x)||_F for x' = x + U[-r, r] noise (r = ``lower_bound``
     = 0.2), Monte-Carlo over ``nr_samples`` (Quantus' default: 200)."""
-    return {"avg-sensitivity": _sensitivities(inputs, maps, "avg-sensitivity").mean(dim=1)}
+    return {"avg_sensitivity": _sensitivities(inputs, maps, "avg_sensitivity").mean(dim=1)}
 
 
 @register_metric(
-    "max-sensitivity", title="Max-Sensitivity", category="robustness", direction="lower",
+    "max_sensitivity", title="Max-Sensitivity", category="robustness", direction="lower",
     paper="Yeh et al., NeurIPS 2019", url="https://arxiv.org/abs/1901.09392",
     equation="max_{x' ~ U(x ± r)} ||a(x') - a(x)||_F / ||a(x)||_F",
     needs=("model", "explain"), cost="nr_samples explanations per map", params=_SENS, default=False,
@@ -99,14 +99,14 @@ def max_sensitivity(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     """Largest relative change of the map under small uniform input noise: Yeh et al. 2019 ("On the (in)fidelity and sensitivity of explanations", NeurIPS, Def. 3.1),
     as Quantus 0.6: ||a(x') - a(x)||_F / ||a(x)||_F for x' = x + U[-r, r] noise (r = ``lower_bound``
     = 0.2), Monte-Carlo over ``nr_samples`` (Quantus' default: 200)."""
-    return {"max-sensitivity": _sensitivities(inputs, maps, "max-sensitivity").amax(dim=1)}
+    return {"max_sensitivity": _sensitivities(inputs, maps, "max_sensitivity").amax(dim=1)}
 
 
 _LLE = {"nr_samples": 10, "perturb_std": 0.1}
 
 
 @register_metric(
-    "local-lipschitz", title="Local Lipschitz Estimate", category="robustness", direction="lower",
+    "local_lipschitz", title="Local Lipschitz Estimate", category="robustness", direction="lower",
     paper="Alvarez-Melis & Jaakkola, 2018", url="https://arxiv.org/abs/1806.08049",
     equation="max_{x' = x + N(0, s^2)} ||a(x) - a(x')||_2 / ||x - x'||_2  (a / max|a|)",
     needs=("model", "explain"), cost="nr_samples explanations per map", params=_LLE, default=False,
@@ -116,10 +116,10 @@ def local_lipschitz_estimate(inputs: MetricInputs, maps: Tensor) -> dict[str, Te
     Jaakkola 2018, "On the robustness of interpretability methods", ICML WHI, eq. 1: the local
     Lipschitz constant, estimated by sampling; std 0.1 as Quantus). Both maps are divided by their
     maximum |value| first (Quantus' ``normalise=True``), both distances Euclidean."""
-    p = params_of(inputs, _LLE, "local-lipschitz")
-    image, _ = model_of(inputs, "local-lipschitz")
+    p = params_of(inputs, _LLE, "local_lipschitz")
+    image, _ = model_of(inputs, "local_lipschitz")
     noise = _noise(inputs, image, int(p["nr_samples"]), "gaussian", 0.0, None, float(p["perturb_std"]))
-    _, a_pert = perturbed_explanations(inputs, maps, noise, "local-lipschitz")
+    _, a_pert = perturbed_explanations(inputs, maps, noise, "local_lipschitz")
 
     def norm_max(a: Tensor) -> Tensor:
         peak = a.abs().amax(dim=-1, keepdim=True)
@@ -128,7 +128,7 @@ def local_lipschitz_estimate(inputs: MetricInputs, maps: Tensor) -> dict[str, Te
     a = norm_max(flat(maps).to(a_pert.device)).unsqueeze(1)
     num = (a - norm_max(a_pert)).norm(dim=2)  # (M,K)
     den = noise.to(torch.float64).reshape(noise.shape[0], -1).norm(dim=1)  # (K,)
-    return {"local-lipschitz": (num / (den + 1e-10)).amax(dim=1)}
+    return {"local_lipschitz": (num / (den + 1e-10)).amax(dim=1)}
 
 
 _RS = {"nr_samples": 10, "lower_bound": 0.02, "upper_bound": 0.2, "eps_min": 1e-6}
@@ -160,7 +160,7 @@ def _stability(inputs: MetricInputs, maps: Tensor, name: str, output: bool) -> T
 
 
 @register_metric(
-    "relative-input-stability", title="Relative Input Stability", category="robustness",
+    "relative_input_stability", title="Relative Input Stability", category="robustness",
     direction="lower", paper="Agarwal et al., 2022", url="https://arxiv.org/abs/2203.06877",
     equation="max_x' ||(a_x - a_x')/a_x||_2 / max(||(x - x')/x||_2, eps_min)",
     needs=("model", "explain"), cost="nr_samples explanations per map + nr_samples forwards",
@@ -172,11 +172,11 @@ def relative_input_stability(inputs: MetricInputs, maps: Tensor) -> dict[str, Te
     predicted class are left out (NaN if all do); zeros of the divisor are replaced by
     ``eps_min``. A CAM is zero on much of the image, so relative changes there are divided by
     ``eps_min`` and dominate: read the value as a ranking, not a scale."""
-    return {"relative-input-stability": _stability(inputs, maps, "relative-input-stability", False)}
+    return {"relative_input_stability": _stability(inputs, maps, "relative_input_stability", False)}
 
 
 @register_metric(
-    "relative-output-stability", title="Relative Output Stability", category="robustness",
+    "relative_output_stability", title="Relative Output Stability", category="robustness",
     direction="lower", paper="Agarwal et al., 2022", url="https://arxiv.org/abs/2203.06877",
     equation="max_x' ||(a_x - a_x')/a_x||_2 / max(||(h_x - h_x')/h_x||_2, eps_min),  h = logits",
     needs=("model", "explain"), cost="nr_samples explanations per map + nr_samples forwards",
@@ -188,4 +188,4 @@ def relative_output_stability(inputs: MetricInputs, maps: Tensor) -> dict[str, T
     predicted class are left out (NaN if all do); zeros of the divisor are replaced by
     ``eps_min``. A CAM is zero on much of the image, so relative changes there are divided by
     ``eps_min`` and dominate: read the value as a ranking, not a scale."""
-    return {"relative-output-stability": _stability(inputs, maps, "relative-output-stability", True)}
+    return {"relative_output_stability": _stability(inputs, maps, "relative_output_stability", True)}

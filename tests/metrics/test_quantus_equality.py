@@ -92,7 +92,7 @@ def q_call(metric, setup, **kw):
 @pytest.mark.parametrize(("name", "cls", "kw"), [
     ("sparseness", "Sparseness", {}),
     ("complexity", "Complexity", {}),
-    ("effective-complexity", "EffectiveComplexity", {"eps": 1e-5}),
+    ("effective_complexity", "EffectiveComplexity", {"eps": 1e-5}),
 ])
 def test_complexity_equals_quantus(setup, name, cls, kw):
     ours = run(name, setup, **kw)[name]
@@ -103,7 +103,7 @@ def test_complexity_equals_quantus(setup, name, cls, kw):
 def test_effective_complexity_counts_by_hand(setup):
     _, _, maps, _, _ = setup
     m = maps[0] / maps[0].max()
-    assert run("effective-complexity", setup, eps=0.5)["effective-complexity"][0] == int((m > 0.5).sum())
+    assert run("effective_complexity", setup, eps=0.5)["effective_complexity"][0] == int((m > 0.5).sum())
 
 
 def test_sparseness_extremes():
@@ -124,11 +124,11 @@ def test_sparseness_extremes():
 
 
 @pytest.mark.parametrize(("name", "cls", "kw", "qkw"), [
-    ("relevance-mass", "RelevanceMassAccuracy", {}, {}),
-    ("relevance-rank", "RelevanceRankAccuracy", {}, {}),
-    ("top-k-intersection", "TopKIntersection", {"k": 100}, {"k": 100}),
-    ("top-k-intersection", "TopKIntersection", {"k": 100, "concept_influence": True}, {"k": 100, "concept_influence": True}),
-    ("attribution-localisation", "AttributionLocalisation", {}, {}),
+    ("relevance_mass", "RelevanceMassAccuracy", {}, {}),
+    ("relevance_rank", "RelevanceRankAccuracy", {}, {}),
+    ("top_k_intersection", "TopKIntersection", {"k": 100}, {"k": 100}),
+    ("top_k_intersection", "TopKIntersection", {"k": 100, "concept_influence": True}, {"k": 100, "concept_influence": True}),
+    ("attribution_localisation", "AttributionLocalisation", {}, {}),
 ])
 def test_localisation_equals_quantus(setup, name, cls, kw, qkw):
     ours = run(name, setup, **kw)[name]
@@ -140,17 +140,17 @@ def test_attribution_localisation_weighted_follows_the_paper(setup):
     """Quantus' weighted variant multiplies by S_in/S_tot with S_tot = x_batch[2:].size; Kohlbrenner
     et al. weight by S_tot/S_in (1 = chance): checked by hand."""
     _, _, maps, region, _ = setup
-    out = run("attribution-localisation", setup)
+    out = run("attribution_localisation", setup)
     m = maps[0]
     mu = float((m * region).sum() / m.sum())
-    assert out["attribution-localisation"][0] == pytest.approx(mu, abs=1e-12)
-    assert out["attribution-localisation-weighted"][0] == pytest.approx(mu * H * W / int(region.sum()), abs=1e-12)
+    assert out["attribution_localisation"][0] == pytest.approx(mu, abs=1e-12)
+    assert out["attribution_localisation_weighted"][0] == pytest.approx(mu * H * W / int(region.sum()), abs=1e-12)
 
 
 def test_localisation_without_region_is_nan(setup):
     model, image, maps, _, _ = setup
     inp = MetricInputs(target=0, region=torch.zeros(H, W, dtype=torch.bool))
-    assert np.isnan(METRICS["relevance-mass"].fn(inp, maps)["relevance-mass"].numpy()).all()
+    assert np.isnan(METRICS["relevance_mass"].fn(inp, maps)["relevance_mass"].numpy()).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def _q_single(metric, setup, noise_for_map):
     return np.asarray(out, dtype=float)
 
 
-@pytest.mark.parametrize(("name", "cls"), [("avg-sensitivity", "AvgSensitivity"), ("max-sensitivity", "MaxSensitivity")])
+@pytest.mark.parametrize(("name", "cls"), [("avg_sensitivity", "AvgSensitivity"), ("max_sensitivity", "MaxSensitivity")])
 def test_sensitivity_equals_quantus(setup, name, cls):
     k = 4
     ours = run(name, setup, nr_samples=k, lower_bound=0.2)[name]
@@ -205,7 +205,7 @@ def test_sensitivity_equals_quantus(setup, name, cls):
 
 def test_local_lipschitz_equals_quantus(setup):
     k = 4
-    ours = run("local-lipschitz", setup, nr_samples=k, perturb_std=0.1)["local-lipschitz"]
+    ours = run("local_lipschitz", setup, nr_samples=k, perturb_std=0.1)["local_lipschitz"]
     metric = quantus.LocalLipschitzEstimate(nr_samples=k, perturb_std=0.1, disable_warnings=True)
     theirs = _q_single(metric, setup, _noise(setup, "gaussian", k, std=0.1))
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
@@ -213,7 +213,7 @@ def test_local_lipschitz_equals_quantus(setup):
 
 def test_relative_input_stability_equals_quantus(setup):
     k = 4
-    ours = run("relative-input-stability", setup, nr_samples=k)["relative-input-stability"]
+    ours = run("relative_input_stability", setup, nr_samples=k)["relative_input_stability"]
     metric = quantus.RelativeInputStability(nr_samples=k, disable_warnings=True)
     theirs = _q_single(metric, setup, _noise(setup, "uniform", k, low=0.02, high=0.2))
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
@@ -224,7 +224,7 @@ def test_relative_output_stability_by_hand(setup):
     0.6 divides by the absolute change ||h_x - h_x'||. Hand computation of the paper's ratio."""
     model, image, maps, _, _ = setup
     k, eps = 4, 1e-6
-    ours = run("relative-output-stability", setup, nr_samples=k)["relative-output-stability"]
+    ours = run("relative_output_stability", setup, nr_samples=k)["relative_output_stability"]
     noise = _noise(setup, "uniform", k, low=0.02, high=0.2)
     with torch.no_grad():
         h = model(image[None]).double()[0]
@@ -264,7 +264,7 @@ def test_random_logit_with_two_classes():
         return grad_x_input(model, x, t)
 
     inp = MetricInputs(target=1, image=image, forward=model, explainers=[explainer], seed=0)
-    ours = METRICS["random-logit"].fn(inp, maps)["random-logit"].numpy()
+    ours = METRICS["random_logit"].fn(inp, maps)["random_logit"].numpy()
     theirs = quantus.RandomLogit(num_classes=2, disable_warnings=True, normalise=False)(
         model=model, x_batch=image.numpy()[None], y_batch=np.array([1]), a_batch=maps.numpy()[:, None],
         device="cpu", explain_func=_q_explain,
@@ -290,7 +290,7 @@ def test_faithfulness_correlation_by_hand(setup):
     Hand computation with camscope's draws: Pearson(sum of a over S, f(x) - f(x with S black))."""
     model, image, maps, _, _ = setup
     runs, size = 12, 50
-    ours = run("faithfulness-correlation", setup, nr_runs=runs, subset_size=size)["faithfulness-correlation"]
+    ours = run("faithfulness_correlation", setup, nr_runs=runs, subset_size=size)["faithfulness_correlation"]
     g = torch.Generator().manual_seed(3)
     subsets = torch.rand(runs, H * W, generator=g).argsort(dim=1)[:, :size]
     black = (0 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
@@ -323,7 +323,7 @@ def test_monotonicity_by_hand(setup):
                 curve.append(float(torch.softmax(model(x[None]), 1)[0, TARGET]))
         d = np.diff(curve) >= 0
         assert out["monotonicity"][m] == float(d.all())
-        assert out["monotonicity-fraction"][m] == pytest.approx(d.mean(), abs=1e-12)
+        assert out["monotonicity_fraction"][m] == pytest.approx(d.mean(), abs=1e-12)
     # Quantus' version: always True, whatever the map (its convention, shown here).
     q = q_call(quantus.Monotonicity(features_in_step=128, disable_warnings=True), setup)
     assert q.all()
@@ -405,5 +405,5 @@ def test_arcc_equals_pytorch_grad_cam(setup, monkeypatch):
     inp = MetricInputs(target=TARGET, image=img32, forward=model_f, explainers=[explain32] * 2, seed=0,
                        params={"noise": 0.0})
     ours = METRICS["arcc"].fn(inp, cams)
-    np.testing.assert_allclose(ours["arcc-complexity"].numpy(), cams.reshape(2, -1).mean(1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(ours["arcc_complexity"].numpy(), cams.reshape(2, -1).mean(1).numpy(), atol=1e-6)
     np.testing.assert_allclose(ours["arcc"].numpy(), np.asarray(theirs, dtype=float), atol=1e-5)

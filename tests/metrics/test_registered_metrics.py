@@ -33,7 +33,7 @@ def test_non_sensitivity_by_hand():
     torch.manual_seed(0)
     image = torch.rand(3, H, W) + 0.5  # far from the black baseline: every left patch matters
     inp = MetricInputs(target=0, image=image, forward=LeftHalf(), params={"patch": 4}, batch_size=5)
-    out = METRICS["non-sensitivity"].fn(inp, _maps())["non-sensitivity"]
+    out = METRICS["non_sensitivity"].fn(inp, _maps())["non_sensitivity"]
     # left-only map: agrees everywhere; right-only map: disagrees everywhere; flat map: the
     # right half (model ignores it, map does not) is half of the patches
     torch.testing.assert_close(out, torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64))
@@ -48,9 +48,9 @@ def test_monotonicity_and_faithfulness_on_a_linear_model():
     inp = MetricInputs(target=0, image=image, forward=LeftHalf(), params={"pixels_per_step": 16, "score": "logit"})
     out = METRICS["monotonicity"].fn(inp, maps)
     assert out["monotonicity"].tolist() == [1.0]
-    fc = METRICS["faithfulness-correlation"].fn(
+    fc = METRICS["faithfulness_correlation"].fn(
         MetricInputs(target=0, image=image, forward=LeftHalf(), params={"nr_runs": 30, "subset_size": 40}), maps
-    )["faithfulness-correlation"]
+    )["faithfulness_correlation"]
     assert float(fc[0]) > 0.9
 
 
@@ -65,8 +65,8 @@ def test_every_registration_is_complete_and_returns_its_keys():
     def expl(x, t):
         return x.abs().mean(1) / x.abs().mean(1).amax(dim=(1, 2), keepdim=True)
 
-    small = {"top-k-intersection": {"k": 20}, "monotonicity": {"pixels_per_step": 32},
-             "non-sensitivity": {"patch": 8}, "faithfulness-correlation": {"subset_size": 20, "nr_runs": 5},
+    small = {"top_k_intersection": {"k": 20}, "monotonicity": {"pixels_per_step": 32},
+             "non_sensitivity": {"patch": 8}, "faithfulness_correlation": {"subset_size": 20, "nr_runs": 5},
              "irof": {"slic": {"n_segments": 8}}}
     mine = [n for n, s in METRICS.items() if s.fn.__module__.split(".")[-1] in (
         "complexity", "localisation_masks", "faithfulness_extra", "robustness", "randomisation", "arcc", "axiomatic")]
@@ -92,13 +92,13 @@ def test_model_metrics_refuse_without_a_model():
     with pytest.raises(UsageError, match="needs the model"):
         METRICS["infidelity"].fn(MetricInputs(target=0), torch.rand(1, H, W))
     with pytest.raises(UsageError, match="explainer"):
-        METRICS["avg-sensitivity"].fn(MetricInputs(target=0, image=torch.rand(3, H, W), forward=LeftHalf()), torch.rand(2, H, W))
+        METRICS["avg_sensitivity"].fn(MetricInputs(target=0, image=torch.rand(3, H, W), forward=LeftHalf()), torch.rand(2, H, W))
 
 
 def test_costly_metrics_are_not_in_the_default_set():
-    for name in ("avg-sensitivity", "max-sensitivity", "local-lipschitz", "relative-input-stability",
-                 "relative-output-stability", "random-logit", "arcc", "irof", "faithfulness-correlation",
-                 "infidelity", "monotonicity", "non-sensitivity"):
+    for name in ("avg_sensitivity", "max_sensitivity", "local_lipschitz", "relative_input_stability",
+                 "relative_output_stability", "random_logit", "arcc", "irof", "faithfulness_correlation",
+                 "infidelity", "monotonicity", "non_sensitivity"):
         assert METRICS[name].default is False
-    for name in ("sparseness", "complexity", "relevance-mass"):
+    for name in ("sparseness", "complexity", "relevance_mass"):
         assert METRICS[name].default is True
