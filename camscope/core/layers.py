@@ -164,6 +164,13 @@ def _arch_rule(model: nn.Module, arch: str) -> list[str]:
     """Candidate default layers for ``arch`` (torchvision, timm and Hugging Face names), in order;
     the first one that exists in ``model`` is used. See :func:`default_layer` for the reasons."""
     key = re.sub(r"[^a-z0-9]", "", arch.lower())
+    if key in ("fcn", "deeplabv3", "lraspp"):  # torchvision segmenters: the backbone's last stage
+        return ["backbone.layer4", "backbone[-1]"]
+    if key in ("fasterrcnn", "maskrcnn", "keypointrcnn", "retinanet", "fcos", "ssd"):
+        # detectors: see camscope.models.torchvision_tasks for why C5 and not an FPN level
+        if type(getattr(model, "backbone", None)).__name__.startswith("SSDLite"):
+            return ["backbone.features[0]"]
+        return ["backbone.body.layer4", "backbone.body[-1]", "backbone.features"]
     if key.startswith(("resnet", "resnext", "wideresnet")):
         return [c for c in [_last_child(model, "layer4")] if c]
     if key.startswith("vgg"):

@@ -144,9 +144,14 @@ def load_spec(spec: ModelSpec, device: str | torch.device = "cpu", *, progress: 
 
         loaded = load_imported(spec, device)
     else:
-        from camscope.models.torchvision_source import load_torchvision
+        from camscope.models.torchvision_tasks import load_task_model, model_task
 
-        loaded = load_torchvision(spec, device, progress)
+        if model_task(spec.name) is not None:  # segmenters and detectors
+            loaded = load_task_model(spec, device, progress)
+        else:
+            from camscope.models.torchvision_source import load_torchvision
+
+            loaded = load_torchvision(spec, device, progress)
     input_size, mean, std = spec.input_size, spec.mean, spec.std
     size = parse_input_size(input_size)
     m = parse_channels(mean, "--mean") if mean is not None else None
