@@ -241,7 +241,7 @@ class CamEngine:
         def resolve(output: Any) -> list[list[Any]]:
             plain = list(range(0, b * n_aug, n_aug))
             per_image = resolve_targets(targets, the_task, output, plain, size, top_k)
-            if n_aug > 1 and any(t.spatial for ts in per_image for t in ts):
+            if n_aug > 1 and (the_task.kind(output).cls.spatial or any(t.spatial for ts in per_image for t in ts)):
                 from camscope.errors import UsageError
 
                 raise UsageError("smoothing 'aug' flips and shifts the image, which a box or mask target does not "
