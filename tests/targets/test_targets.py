@@ -316,3 +316,14 @@ def test_clip_zero_shot_logits_and_text_concept(tiny_clip) -> None:
     res = CamEngine(enc, None, methods=["gradcam"])(x, task=Task("embed", concept=concept, concept_name="a dog"))
     torch.testing.assert_close(res.scores[:, 0], F.cosine_similarity(e, t[:1]), rtol=1e-5, atol=1e-6)
     assert res.target_names(1) == ["a dog"]
+
+
+def test_explain_api_takes_targets_and_task(net: LinearHead, x: torch.Tensor) -> None:
+    import camscope
+
+    a = camscope.explain(net, x, layer="feat", methods=["gradcam"], targets=[[MultiLabel(1)], [MultiLabel(2)]])
+    b = CamEngine(net, "feat", methods=["gradcam"])(x, [[MultiLabel(1)], [MultiLabel(2)]])
+    assert torch.equal(a.maps["gradcam"], b.maps["gradcam"]) and a.target_names(0) == ["class 1"]
+    c = camscope.explain(net, x, layer="feat", methods=["gradcam"], task=Task("multilabel", score_threshold=0.0),
+                         top_k=2, images_per_call=1)
+    assert c.task == "multilabel" and [len(t) for t in c.explained] == [2, 2] and c.maps["gradcam"].shape[1] == 2
