@@ -178,12 +178,12 @@ def section_scorecam(args: argparse.Namespace, tmp: Path) -> None:
 
 def section_outputs(args: argparse.Namespace, tmp: Path) -> None:
     """Bytes and seconds per photo of each output kind, from maps computed once."""
-    from camscope.core.engine import CamEngine
+    from camscope.core.smoothing import parse_smoothing
+    from camscope.engine import CamEngine
     from camscope.io.images import load_image
     from camscope.io.rundir import OUTPUT_KINDS, RunDir
     from camscope.models import load_model
-    from camscope.pipeline import Explained, ExplainOptions, PlannedImage, write_image
-    from camscope.smoothing import parse_smoothing
+    from camscope.run.explainer import Explained, ExplainOptions, PlannedImage, write_image
 
     methods = ["gradcam", "ablationcam", "layercam"]
     n = args.outputs_photos

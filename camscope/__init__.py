@@ -6,6 +6,7 @@
     res                            # in a notebook: a grid of photos and overlays
     res.maps["gradcam"][0, 0]      # (224, 224) map in [0, 1] for the predicted class
     res.save("runs/x")             # the CLI's run folder; then camscope.report("runs/x")
+    camscope.evaluate(res, metrics=["faithfulness", "complexity"])   # registered metrics, in memory
 
 Heavy modules (torch, torchvision, matplotlib) load on first use, not on ``import camscope``.
 """
@@ -16,17 +17,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from camscope import _moved
+
 __version__ = "0.1.0"
+
+_moved.install()  # old module paths (camscope.pipeline, ...) keep working, with a DeprecationWarning
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from camscope.core.engine import CamResult
     from camscope.core.runtime import SpeedSettings
+    from camscope.engine import CamResult
     from camscope.models import LoadedModel, Preprocess
 
 __all__ = [
     "explain",
+    "evaluate",
     "report",
     "CamEngine",
     "CamResult",
@@ -42,14 +48,14 @@ __all__ = [
 ]
 
 _LAZY = {
-    "CamEngine": "camscope.core.engine",
-    "CamResult": "camscope.core.engine",
-    "compute_cams": "camscope.core.engine",
+    "CamEngine": "camscope.engine",
+    "CamResult": "camscope.engine",
+    "compute_cams": "camscope.engine",
     "load_model": "camscope.models",
     "LoadedModel": "camscope.models",
     "Preprocess": "camscope.models",
-    "run_explain": "camscope.pipeline",
-    "ExplainOptions": "camscope.pipeline",
+    "run_explain": "camscope.run",
+    "ExplainOptions": "camscope.run",
     "SpeedSettings": "camscope.core.runtime",
     "METHODS": "camscope.methods",
     "method_names": "camscope.methods",
@@ -108,12 +114,12 @@ def explain(
             transformer tokens and channels-last maps are detected), ``"none"``, ``"nhwc"``,
             ``"tokens:HxW[:skip=T]"`` (see :mod:`camscope.core.reshape`).
     Returns:
-        a :class:`~camscope.core.engine.CamResult`: ``maps[name]`` is (B,k,H,W) in [0,1]; in a
+        a :class:`~camscope.engine.CamResult`: ``maps[name]`` is (B,k,H,W) in [0,1]; in a
         notebook it displays as a grid; ``figure(i)``, ``overlay(i, method)``, ``save(DIR)``.
     """
     import torch
 
-    from camscope.core.engine import CamEngine, concat_results
+    from camscope.engine import CamEngine, concat_results
     from camscope.models import LoadedModel, Preprocess, loaded_from_module
 
     if isinstance(model, LoadedModel):
@@ -156,6 +162,19 @@ def report(out: str | Path, *, model: Any = None, **options: Any) -> Any:
     from camscope.reporting import build_report
 
     return build_report(out, model=model, **options)
+
+
+def evaluate(result: CamResult, metrics: str | Sequence[str] | None = None, **options: Any) -> Any:
+    """Measure the maps of a :class:`~camscope.engine.CamResult` (e.g. from :func:`explain`)
+    with registered metrics: names, categories (``"faithfulness"``, ``"complexity"``...),
+    ``"all"``, or None for the report's default set (see ``camscope.metrics.METRICS``).
+    ``options`` as :func:`camscope.reporting.notebook.evaluate_result` (``model=``, ``regions=``,
+    ``seed=``, ``params=``). Returns a :class:`~camscope.reporting.notebook.MetricTable`: per
+    image, class and variant the values; ``table.means()`` per variant; an HTML table in a
+    notebook."""
+    from camscope.reporting.notebook import evaluate_result
+
+    return evaluate_result(result, metrics, **options)
 
 
 def _as_batch(images: Any, pre: Preprocess) -> tuple[Tensor, list[Any] | None]:

@@ -33,6 +33,42 @@ def test_committed_without_outputs() -> None:
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
 
 
+def _declared(extra: str) -> set[str]:
+    """Distribution names of camscope's core dependencies plus one extra (lower case)."""
+    import re
+
+    import tomllib
+
+    project = tomllib.loads((NOTEBOOK.parents[1] / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    specs = [*project["dependencies"], *project["optional-dependencies"][extra]]
+    return {re.split(r"[<>=!~\[; ]", s, maxsplit=1)[0].lower() for s in specs}
+
+
+def test_the_notebook_extra_brings_what_the_notebook_imports() -> None:
+    """``pip install "camscope[notebook]"`` is enough to run the notebook (issue 19: it imported
+    scikit-image, which the extra did not bring)."""
+    import ast
+    import importlib.metadata as md
+    import sys
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    modules: set[str] = set()
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.Import):
+                modules.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules.add(node.module.split(".")[0])
+    third_party = {m for m in modules if m not in sys.stdlib_module_names and m != "camscope"}
+    assert "skimage" in third_party  # the default photos
+    dists = md.packages_distributions()
+    declared = _declared("notebook")
+    missing = {m: dists.get(m) for m in third_party if not {d.lower() for d in dists.get(m, [])} & declared}
+    assert not missing, f"the notebook imports {missing}, which neither camscope nor camscope[notebook] installs"
+
+
 def test_notebook_runs(tmp_path: Path) -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))

@@ -67,7 +67,9 @@ def _configure_logging(verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given (a benchmark prints it beside its table)
     _configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

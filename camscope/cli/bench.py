@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
-    from camscope.bench_synthetic import DEFAULT_SEED
+    from camscope.studies.benchmark import DEFAULT_SEED
 
     be = subparsers.add_parser("bench", help="built-in benchmarks (bench synthetic)")
     bsub = be.add_subparsers(dest="bench_command", required=True)
@@ -48,6 +48,10 @@ def register(subparsers: Any) -> None:
     add_methods_arg(bs, default="all")
     add_smooth_arg(bs)
     bs.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"seed of the held-out scenes (default {DEFAULT_SEED})")
+    bs.add_argument("--seeds", type=int, default=1, metavar="N",
+                    help="train the model with seeds 0..N-1 and report each method's mean and "
+                    "min-max over them (default 1: seed 0 alone); trained weights differ from "
+                    "machine to machine, the spread is what a run elsewhere falls in")
     bs.add_argument("--out", help="write DIR/bench_synthetic.json and DIR/bench_synthetic.md")
     bs.add_argument("--json", dest="json_file", metavar="FILE", help="write the results as JSON")
     bs.add_argument("--markdown", action="store_true", help="print a markdown table instead of plain text")
@@ -61,10 +65,21 @@ def register(subparsers: Any) -> None:
 
 def cmd_bench_synthetic(args: argparse.Namespace) -> int:
     """``camscope bench synthetic``."""
-    from camscope.bench_synthetic import run_synthetic_benchmark
-    from camscope.models import pick_device
+    import shlex
 
-    table = run_synthetic_benchmark(
+    from camscope.errors import UsageError
+    from camscope.models import pick_device
+    from camscope.studies.benchmark import run_synthetic_benchmark, run_synthetic_seeds
+
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, not {args.seeds}")
+    run: Any = run_synthetic_benchmark
+    extra: dict[str, Any] = {}
+    if args.seeds > 1:
+        run = run_synthetic_seeds
+        extra = {"seeds": range(args.seeds), "command": "camscope " + shlex.join(args.argv or [])}
+    table = run(
+        **extra,
         n_scenes=args.n_scenes,
         seed=args.seed,
         methods=args.methods,

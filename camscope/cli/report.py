@@ -1,7 +1,8 @@
 """``camscope report DIR`` and the report options of ``camscope explain --report``.
 
-    camscope report DIR [--boxes FILE] [--weights FILE] [--device D] [--steps N] [--seed S]
-                        [--no-road] [--no-faithfulness] [--recompute] [--embed] [--quiet]
+    camscope report DIR [--metrics SELECTION] [--stability] [--boxes FILE] [--weights FILE]
+                        [--device D] [--steps N] [--seed S] [--no-road] [--no-faithfulness]
+                        [--recompute] [--embed] [--quiet]
                         [--ray [ADDRESS] [--workers N] [--gpus-per-worker F] [--cpus-per-worker N]]
 
 Exit codes: 0 report written; 1 report written but some photos could not be measured
@@ -22,9 +23,25 @@ logger = logging.getLogger(__name__)
 
 
 def add_measure_args(p: Any, *, with_boxes: bool = True) -> None:
-    """What to measure: ``--boxes``, ``--steps``, ``--seed``, ``--no-road``, ``--embed``."""
+    """What to measure: ``--metrics``, ``--stability``, ``--boxes``, ``--steps``, ``--seed``,
+    ``--no-road``, ``--embed``. The metric names and categories come from the registry."""
+    from camscope.metrics import CATEGORIES, METRICS
     from camscope.reporting.evaluate import DEFAULT_STEPS
 
+    cats = [c for c in CATEGORIES if any(m.category == c for m in METRICS.values())]
+    default = [m.name for m in METRICS.values() if m.default]
+    p.add_argument(
+        "--metrics",
+        metavar="SELECTION",
+        help="what to measure: comma-separated categories (" + ", ".join(cats) + "), metric names ("
+        + ", ".join(METRICS) + "), 'all' or 'default' (default: " + ", ".join(default) + ")",
+    )
+    p.add_argument(
+        "--stability",
+        action="store_true",
+        help="also measure each metric at other seeds and other values of its main hyperparameter, "
+        "and report how much the ranking of the methods moves (costs that many more measurements)",
+    )
     if with_boxes:
         p.add_argument(
             "--boxes",
@@ -38,7 +55,7 @@ def add_measure_args(p: Any, *, with_boxes: bool = True) -> None:
         default=DEFAULT_STEPS,
         help=f"deletion/insertion steps: 2*(steps+1) forward passes per map (default: {DEFAULT_STEPS})",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of ROAD's imputation noise (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every seeded metric, e.g. ROAD's imputation noise (default: 0)")
     p.add_argument(
         "--no-road",
         dest="road",
@@ -69,6 +86,8 @@ def measure_from_args(args: argparse.Namespace) -> Any:
     from camscope.reporting.evaluate import MeasureSettings
 
     return MeasureSettings(
+        metrics=args.metrics,
+        stability=args.stability,
         steps=args.steps,
         seed=args.seed,
         road=args.road,
@@ -108,7 +127,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     ray = ray_from_args(args)
     if ray is not None:
-        from camscope.distributed import import_ray
+        from camscope.scale.ray_driver import import_ray
 
         import_ray()
     RunDir(args.dir).load()  # no manifest: one line before anything else
@@ -127,6 +146,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         logger.warning("%s: %s", rel, reason)
     logger.info(
         "report written to %s (%d photos, %d maps measured, %d from cache, %.1f s)",
-        files.html, len(ev.images), ev.computed["faithfulness"], ev.reused["faithfulness"], ev.seconds,
+        files.html, len(ev.images), ev.maps_computed, ev.maps_reused, ev.seconds,
     )
     return ev.exit_code

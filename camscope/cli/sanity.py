@@ -94,7 +94,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     import torch
 
     from camscope.models import pick_device
-    from camscope.sanity import run_sanity
+    from camscope.studies.randomization import run_sanity
 
     if args.n_images < 1:
         raise UsageError(f"--n-images must be at least 1, not {args.n_images}")
@@ -102,7 +102,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     groups = [p.strip() for p in (args.groups or "").split(",") if p.strip()] or None
     info: dict[str, Any] = {}
     if args.synthetic:
-        from camscope import synthetic as S
+        from camscope.studies import synthetic as S
 
         if args.images:
             raise UsageError("--synthetic uses generated scenes; give no IMAGES with it")

@@ -426,7 +426,7 @@ def check_spatial_layer(
     channels-last map turned into one); return the map's shape.
 
     Runs one eval-mode, no-grad forward on zeros of ``input_size``. For a module called several
-    times per forward the last call counts (as in :func:`camscope.core.tail.split_model`).
+    times per forward the last call counts (as in :func:`camscope.core.split.split_model`).
     Raises UsageError if the layer does not exist, is never called, or its output cannot be
     turned into a map.
     """

@@ -6,7 +6,7 @@ by the ``h*w`` patch tokens in row-major order; Swin-style stages output *channe
 (B, h, w, C). A :class:`Reshape` turns such an output into a map (:meth:`Reshape.to_maps`),
 keeping the prefix tokens aside (:meth:`Reshape.prefix`), and turns a possibly modified map back
 into the layer's own layout (:meth:`Reshape.to_layer`), so that the rest of the network can run
-on it. It is applied in one place, :class:`camscope.core.tail.LayerSplit`: every method sees
+on it. It is applied in one place, :class:`camscope.core.split.LayerSplit`: every method sees
 4-D maps only. Zeroing channel ``k`` of the map (Ablation-CAM) zeroes feature ``k`` of every
 patch token and leaves the prefix tokens untouched; Score-CAM's masks are the upsampled token
 grid.

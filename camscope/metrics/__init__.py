@@ -1,7 +1,12 @@
-"""Metrics for saliency maps: faithfulness, localisation, map properties, sanity checks."""
+"""Metrics for saliency maps: faithfulness, localisation, map properties, sanity checks.
+
+Importing this package registers the built-in metrics (:mod:`camscope.metrics.builtin`) in
+:data:`~camscope.metrics.registry.METRICS`, which the report and ``camscope.evaluate`` read.
+"""
 
 from __future__ import annotations
 
+from camscope.metrics import builtin as _builtin  # noqa: F401  (registers the built-in metrics)
 from camscope.metrics.faithfulness import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -14,6 +19,7 @@ from camscope.metrics.faithfulness import (
     noisy_linear_imputation,
     road,
 )
+from camscope.metrics.inputs import MetricInputs
 from camscope.metrics.localisation import (
     Box,
     boxes_to_mask,
@@ -32,6 +38,16 @@ from camscope.metrics.maps import (
     spearman,
     top_iou,
 )
+from camscope.metrics.registry import (
+    CATEGORIES,
+    METRICS,
+    Column,
+    MetricSpec,
+    get_metric,
+    metrics_in,
+    register_metric,
+    unregister_metric,
+)
 from camscope.metrics.sanity import (
     cascading_randomization,
     compare_maps,
@@ -41,6 +57,15 @@ from camscope.metrics.sanity import (
 )
 
 __all__ = [
+    "CATEGORIES",
+    "METRICS",
+    "Column",
+    "MetricInputs",
+    "MetricSpec",
+    "get_metric",
+    "metrics_in",
+    "register_metric",
+    "unregister_metric",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "AdicPerImage",

@@ -50,7 +50,8 @@ class MetricInputs:
         region: (H,W) bool ground-truth region (boxes or mask) in the input frame, or None.
         seed: seed of every random draw of the metric.
         batch_size: images per forward.
-        params: hyperparameters overriding the registration's defaults (part of the cache key).
+        params: the metric's effective hyperparameters: the registration's ``params`` with the
+            user's overrides applied (``MetricSpec.resolved``); part of the cache key.
     """
 
     target: int

@@ -10,14 +10,19 @@ from camscope.reporting.build import build_report, check_report_options, report_
 from camscope.reporting.evaluate import DEFAULT_STEPS, EvaluationResult, evaluate_run
 from camscope.reporting.findings import image_findings, run_findings
 from camscope.reporting.html import ReportFiles, write_report
+from camscope.reporting.notebook import MetricTable, evaluate_result
+from camscope.reporting.settings import MeasureSettings
 from camscope.reporting.summary import metric_rows, summarize
 
 __all__ = [
     "DEFAULT_STEPS",
     "EvaluationResult",
+    "MeasureSettings",
+    "MetricTable",
     "ReportFiles",
     "build_report",
     "check_report_options",
+    "evaluate_result",
     "evaluate_run",
     "image_findings",
     "metric_rows",

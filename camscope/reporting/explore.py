@@ -44,7 +44,7 @@ import numpy as np
 from camscope.errors import CamscopeError
 from camscope.io.rundir import is_random_weights, smoothing_parts, variant_name
 from camscope.reporting.findings import DISAGREE_SPEARMAN
-from camscope.reporting.summary import METRICS, scalar
+from camscope.reporting.summary import ReportColumn, report_columns, scalar
 
 __all__ = [
     "MAP_MAX_SIDE",
@@ -111,7 +111,7 @@ def encode_map(grid: np.ndarray) -> str:
 def colormap_lut(name: str) -> bytes:
     """256 RGB triplets (768 bytes) of a matplotlib colour map, as :func:`camscope.render.colorize`
     colours the quantised values ``i / 255``."""
-    from camscope.render import colorize
+    from camscope.render.draw import colorize
 
     return colorize(np.linspace(0.0, 1.0, 256)[None, :], name)[0].tobytes()
 
@@ -136,6 +136,7 @@ def explorer_data(
     smoothings: Sequence[str],
     colormap: str = "jet",
     alpha: float | None = 0.5,
+    columns: Sequence[ReportColumn] | None = None,
 ) -> dict[str, Any]:
     """The explorer's data (JSON-ready; serialise with :func:`json_for_script`).
 
@@ -144,8 +145,11 @@ def explorer_data(
     map. ``anchors``: the id of each photo's section in the page, parallel to ``records``.
     ``methods``: method key -> title, in run order; ``smoothings``: the run's smoothing specs
     (plain excluded). ``colormap`` and ``alpha``: the run's ``--colormap`` and ``--alpha`` (the
-    heat map's initial opacity; 0.5 when unknown).
+    heat map's initial opacity; 0.5 when unknown). ``columns``: the metric columns to offer
+    for sorting (default: :func:`~camscope.reporting.summary.report_columns` of ``records``,
+    i.e. every registered metric measured).
     """
+    columns = report_columns(records) if columns is None else list(columns)
     if len(anchors) != len(records):
         raise ValueError("anchors must be parallel to records")
     variants: dict[str, dict[str, str]] = {}
@@ -169,7 +173,7 @@ def explorer_data(
                 logger.warning("%s: map %s not embedded in the explorer (%s)", rel, path, exc)
         metrics: dict[str, dict[str, float | None]] = {}
         for name, v in vs.items():
-            row = {k: _num(scalar(v, k)) for k, _, _ in METRICS}
+            row = {c.key: _num(scalar(v, c.key)) for c in columns}
             metrics[name] = row
             measured.update(k for k, x in row.items() if x is not None and k != "degenerate")
             if name not in variants:
@@ -206,7 +210,8 @@ def explorer_data(
         "methods": [{"key": m, "label": t} for m, t in methods.items()],
         "smoothings": list(smoothings),
         "variants": variants,
-        "metrics": [{"key": k, "label": lab, "better": d} for k, lab, d in METRICS if k in measured],
+        "metrics": [{"key": c.key, "label": c.title, "better": c.direction, "category": c.category}
+                    for c in columns if c.key in measured],
         "photos": photos,
     }
 

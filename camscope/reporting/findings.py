@@ -27,7 +27,9 @@ __all__ = [
     "image_findings",
     "run_findings",
     "best_variant",
+    "category_findings",
     "gap",
+    "stability_findings",
 ]
 
 AGREE_SPEARMAN = 0.8
@@ -43,6 +45,22 @@ SIMILAR_GAP = 0.02
 """Insertion - deletion gaps within 0.02 of each other are "about equally faithful"; a mean
 change by smoothing smaller than SAME_GAP leaves the gap "about unchanged"."""
 SAME_GAP = 0.005
+STABLE_TAU = 0.8
+"""A ranking is "stable" across a metric's seeds / hyperparameter when Kendall's tau >= 0.8 for
+every alternative setting; below it the finding says the ranking moves."""
+
+CATEGORY_WORDS: dict[str, tuple[str, str]] = {
+    "faithfulness": ("the most faithful", "the least faithful"),
+    "robustness": ("the most robust", "the least robust"),
+    "localisation": ("the best localised", "the worst localised"),
+    "complexity": ("the least complex (most concentrated)", "the most complex (most spread out)"),
+    "randomisation": ("the most sensitive to randomisation", "the least sensitive to randomisation"),
+    "axiomatic": ("the best on the axiomatic checks", "the worst on the axiomatic checks"),
+    "agreement": ("the most in agreement with the other maps", "the least in agreement with the other maps"),
+}
+"""How a category's first and last variants are named in the findings."""
+JUDGING_CATEGORIES: tuple[str, ...] = ("faithfulness", "robustness", "localisation", "randomisation", "axiomatic")
+"""Categories whose rankings are compared for disagreement (complexity and agreement describe maps)."""
 
 _DEGENERATE_WORDS = {
     "empty": "its map is empty (all zero)",
@@ -409,6 +427,8 @@ def run_findings(records: Sequence[dict], summary: dict) -> list[str]:
             f"On average {s} smoothing {verb} the insertion - deletion gap by {abs(mean):.3f} "
             f"({sum(d > 0 for d in ds)} of {len(ds)} methods improved)."
         )
+    out += category_findings(summary)
+    out += stability_findings(summary)
     pg = [(n, as_float(v.get("metrics", {}).get("pointing_game", {}).get("mean"))) for n, v in variants.items()]
     pg = [(n, x) for n, x in pg if not math.isnan(x)]
     if pg:
@@ -422,4 +442,70 @@ def run_findings(records: Sequence[dict], summary: dict) -> list[str]:
             f"Best localisation (pointing game): {who} the annotated object on {100 * top:.0f}% of the "
             f"photos with boxes."
         )
+    return out
+
+
+def category_findings(summary: dict) -> list[str]:
+    """Per category, the first and last variant of its ranking; then where categories disagree:
+    a variant first in one category and last in another ("most faithful, least robust")."""
+    cats = summary.get("categories") or {}
+    variants = summary.get("variants", {})
+    labels = {n: v.get("label") or n for n, v in variants.items()}
+    out: list[str] = []
+    for cat, c in cats.items():
+        ranking = c.get("ranking") or []
+        if len(ranking) < 2:
+            continue
+        best, worst = ranking[0], ranking[-1]
+        mr = c.get("mean_rank", {})
+        if as_float(mr.get(best)) == as_float(mr.get(worst)):
+            continue
+        hi, lo = CATEGORY_WORDS.get(cat, (f"first by {cat}", f"last by {cat}"))
+        out.append(
+            f"{cat.capitalize()} ({_join(c.get('labels') or [])}): {labels.get(best, best)} is {hi} "
+            f"(mean rank {as_float(mr.get(best)):.2f}), {labels.get(worst, worst)} {lo} ({as_float(mr.get(worst)):.2f})."
+        )
+    # Disagreement only between categories that judge the explanation (complexity and agreement
+    # describe maps: a spread-out map is not by itself a worse explanation).
+    names = [c for c in cats if c in JUDGING_CATEGORIES]
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            ra, rb = cats[a].get("ranking") or [], cats[b].get("ranking") or []
+            common = [n for n in ra if n in rb]
+            if len(common) < 2:
+                continue
+            ra = [n for n in ra if n in common]
+            rb = [n for n in rb if n in common]
+            for x, y, first, last in ((a, b, ra, rb), (b, a, rb, ra)):
+                if first[0] == last[-1]:
+                    n = first[0]
+                    hi = CATEGORY_WORDS.get(x, (f"first by {x}", ""))[0]
+                    lo = CATEGORY_WORDS.get(y, ("", f"last by {y}"))[1]
+                    out.append(
+                        f"The categories disagree: {labels.get(n, n)} is {hi} but {lo} "
+                        f"({x} mean rank {as_float(cats[x]['mean_rank'].get(n)):.2f}, "
+                        f"{y} {as_float(cats[y]['mean_rank'].get(n)):.2f}); no single ranking describes these maps."
+                    )
+    return out
+
+
+def stability_findings(summary: dict) -> list[str]:
+    """Whether each measured metric's ranking of the variants holds across its seeds and its
+    main hyperparameter (Kendall's tau against the report's setting)."""
+    out: list[str] = []
+    by_key: dict[tuple[str, str], list[dict]] = {}
+    for row in summary.get("stability") or []:
+        if row.get("kendall_tau") is not None:
+            by_key.setdefault((row["metric"], row["label"]), []).append(row)
+    for (_metric, label), rows in by_key.items():
+        low = [r for r in rows if as_float(r["kendall_tau"]) < STABLE_TAU]
+        settings = ", ".join(f"{r['setting']}: {as_float(r['kendall_tau']):.2f}" for r in rows)
+        if low:
+            worst = min(low, key=lambda r: as_float(r["kendall_tau"]))
+            out.append(
+                f"The ranking by {label} moves with the metric's settings (Kendall tau {settings}); "
+                f"at {worst['setting']} the order changes, so read it with care."
+            )
+        else:
+            out.append(f"The ranking by {label} is stable across the metric's settings (Kendall tau {settings}).")
     return out

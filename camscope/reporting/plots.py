@@ -13,7 +13,7 @@ __all__ = ["curves_png", "mean_curves_png", "metric_bars_png"]
 
 
 def _figure(w: float, h: float) -> Any:
-    from camscope.render import new_figure
+    from camscope.render.draw import new_figure
 
     return new_figure(figsize=(w, h), dpi=100)
 

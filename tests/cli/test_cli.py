@@ -137,7 +137,7 @@ def test_resnet50_explain(resnet50_run, photos) -> None:
 
 def test_resnet50_predictions_and_maps_match_the_model(resnet50_run, photos) -> None:
     """The CSV/manifest probabilities and a saved map are those of the model on that photo."""
-    from camscope.core.engine import CamEngine
+    from camscope.engine import CamEngine
     from camscope.models import Preprocess
 
     _, _, out, weights = resnet50_run
@@ -248,7 +248,7 @@ def test_missing_input_is_a_usage_error(tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize("flag,expected", [("auto", None), ("on", True), ("off", False)])
 def test_freeze_flag_reaches_the_engine(monkeypatch, tmp_path, photos, capsys, flag, expected) -> None:
-    import camscope.core.engine as engine_mod
+    import camscope.engine as engine_mod
 
     seen: list[object] = []
 

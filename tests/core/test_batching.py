@@ -17,8 +17,8 @@ import torch
 import camscope.core.batching as batching
 import camscope.core.runtime as runtime_mod
 from camscope.core.batching import BatchTuner
-from camscope.core.engine import CamEngine
 from camscope.core.runtime import Runtime, SpeedSettings
+from camscope.engine import CamEngine
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

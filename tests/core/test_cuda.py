@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from camscope.core.engine import CamEngine
 from camscope.core.runtime import SpeedSettings
+from camscope.engine import CamEngine
 from camscope.methods.registry import method_names
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

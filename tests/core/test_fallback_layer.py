@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from camscope.core.engine import CamEngine
 from camscope.core.layers import default_layer, fallback_layer
+from camscope.engine import CamEngine
 from camscope.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

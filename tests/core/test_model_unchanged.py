@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as nn_module
 
-from camscope.core.engine import CamEngine, compute_cams
 from camscope.core.runtime import SpeedSettings
+from camscope.engine import CamEngine, compute_cams
 from camscope.methods import registry
 from camscope.methods.registry import method_names
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from camscope.core.reshape import Reshape, model_input_size, token_layout
-from camscope.core.tail import split_model
+from camscope.core.split import split_model
 from camscope.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -22,8 +22,8 @@ import shutil
 import pytest
 import torch
 
-from camscope.core.engine import CamEngine
 from camscope.core.runtime import Runtime, SpeedSettings, model_state_key
+from camscope.engine import CamEngine
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from camscope.core.tail import LayerSplit, split_model
+from camscope.core.split import LayerSplit, split_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,8 +1,9 @@
 """Every registered method localises the object on generated scenes (the pointing game).
 
-A SmallCNN is trained (fixed seed, in a temporary cache) on generated scenes with one shape each
-(``camscope.synthetic``); on held-out scenes the maximum of each method's map, explaining the
-true class, must fall inside the shape in at least 90 % of the scenes.
+The committed SmallCNN (``tests/fixtures/``: trained on generated scenes with one shape each,
+``camscope.studies.synthetic``, the same weights on every machine) explains the true class of held-out
+scenes; the maximum of each method's map must fall inside the shape in at least 90 % of them.
+Training itself is tested in ``tests/studies/test_synthetic.py``.
 """
 
 from __future__ import annotations
@@ -10,27 +11,25 @@ from __future__ import annotations
 import pytest
 import torch
 
-from camscope import synthetic as S
-from camscope.core.engine import CamEngine
 from camscope.core.runtime import SpeedSettings
+from camscope.engine import CamEngine
 from camscope.methods.registry import method_names
+from camscope.studies import synthetic as S
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 N_SCENES = 100
-TRAIN_SEED = 0
 MIN_POINTING = 0.9
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """The SmallCNN trained with the default recipe and seed, cached in a temporary folder."""
-    return S.load_or_train(tmp_path_factory.mktemp("synthetic-cache"), seed=TRAIN_SEED)
+def model(synthetic_cnn):
+    return synthetic_cnn
 
 
 @pytest.fixture(scope="module")
 def held_out():
-    return S.make_scenes(N_SCENES, seed=TRAIN_SEED + 1000)
+    return S.make_scenes(N_SCENES, seed=1000)
 
 
 def test_model_learned_the_task(model, held_out) -> None:

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from camscope.core.capture import capture
-from camscope.core.engine import CamEngine
 from camscope.core.runtime import Runtime, SpeedSettings
-from camscope.core.tail import split_model
+from camscope.core.split import split_model
+from camscope.engine import CamEngine
 from camscope.methods.registry import get_method, method_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")

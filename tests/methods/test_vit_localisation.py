@@ -1,14 +1,18 @@
-"""The small ViT on the synthetic scenes: trained here (temporary cache), every method localises.
+"""The small ViT on the synthetic scenes: every method localises on the committed model.
 
-A torchvision ``VisionTransformer`` (conv stem, 8x8 tokens + class token, 2 blocks) is trained in
-seconds with the mask terms of :mod:`camscope.synthetic_vit`; on 100 held-out scenes each
-method explains the true class at the default layer (the last block's first LayerNorm, tokens
-read as an 8x8 map) and must reach the pointing-game floor below. The floors are what this model
-reaches with some margin (measured: see ``docs/models.md``), and they are far below the CNN's
-90 %: transformer CAMs localise worse here, most of all the channel-weighted ones (Grad-CAM's
-channel means, XGrad-CAM, Ablation-CAM) — the element-wise methods (HiRes-CAM, Layer-CAM) and
-Score-CAM do best. For scale: a map peaking at a random pixel hits 5 % (the objects' area), one
+A torchvision ``VisionTransformer`` (conv stem, 8x8 tokens + class token, 2 blocks) trained with
+the mask terms of :mod:`camscope.studies.synthetic_vit` is committed as ``tests/fixtures/smallvit-*``
+(the same weights on every machine: a model trained at test time differs from one CPU to the
+next, and its pointing rates by up to 30 points — issue 19). On 100 held-out scenes each method
+explains the true class at the default layer (the last block's first LayerNorm, tokens read as
+an 8x8 map) and must reach the pointing-game floor below: the fixture's own rate less 8 points
+(maps of a fixed model move only by rounding across CPUs, thread counts and oneDNN on/off; CI
+checks the latter two). The rates are far below the CNN's 90 %: transformer CAMs localise worse
+here, and over training seeds they spread widely (README, ``camscope bench synthetic --model vit
+--seeds 5``). For scale: a map peaking at a random pixel hits 5 % (the objects' area), one
 peaking at the image centre 13 % of these scenes.
+
+Training the ViT is tested here too, against an accuracy floor that holds over seeds.
 """
 
 from __future__ import annotations
@@ -16,36 +20,42 @@ from __future__ import annotations
 import pytest
 import torch
 
-from camscope import synthetic as S
-from camscope import synthetic_vit as V
-from camscope.bench_synthetic import run_synthetic_benchmark, score_maps
-from camscope.core.engine import CamEngine
 from camscope.core.layers import default_layer
 from camscope.core.runtime import SpeedSettings
+from camscope.engine import CamEngine
 from camscope.methods.registry import method_names
+from camscope.studies import synthetic as S
+from camscope.studies import synthetic_vit as V
+from camscope.studies.benchmark import run_synthetic_benchmark, score_maps
+from tests.conftest import TRAIN_SEED
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 N_SCENES = 100
-#: Pointing-game floors (fraction of scenes whose map peaks inside the object).
+#: Pointing-game floors (fraction of scenes whose map peaks inside the object): the committed
+#: model's own rate less 8 points (measured at 1 thread, and at 2 threads with oneDNN off; the
+#: same to the scene). Over training seeds the rates spread far wider (README).
 MIN_POINTING = {
-    "gradcam": 0.25,
-    "gradcampp": 0.2,
-    "xgradcam": 0.15,
-    "hirescam": 0.4,
-    "layercam": 0.4,
-    "eigencam": 0.3,
-    "ablationcam": 0.15,
-    "scorecam": 0.35,
-    "scorecam-logit-softmax": 0.4,
+    "gradcam": 0.44 - 0.08,
+    "gradcampp": 0.43 - 0.08,
+    "xgradcam": 0.35 - 0.08,
+    "hirescam": 0.72 - 0.08,
+    "layercam": 0.71 - 0.08,
+    "eigencam": 0.58 - 0.08,
+    "ablationcam": 0.20 - 0.08,
+    "scorecam": 0.58 - 0.08,
+    "scorecam-logit-softmax": 0.62 - 0.08,
 }
 MIN_ENERGY_RATIO = 1.5
 
 
+#: Held-out accuracy every training seed reaches (seeds 0-5 measured: see docs/models.md).
+MIN_TRAINED_ACCURACY = 0.9
+
+
 @pytest.fixture(scope="module")
-def vit(tmp_path_factory):
-    """The small ViT trained with the default recipe and seed, cached in a temporary folder."""
-    return V.load_or_train_vit(tmp_path_factory.mktemp("vit-cache"), seed=0)
+def vit(synthetic_vit):
+    return synthetic_vit
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +73,15 @@ def maps(vit, held_out):
 
 
 def test_the_vit_learned_the_task(vit, held_out) -> None:
-    assert S.evaluate(vit, held_out) >= 0.9
+    assert S.evaluate(vit, held_out) >= MIN_TRAINED_ACCURACY
     assert default_layer(vit, input_size=(1, 3, 64, 64)) == V.VIT_TARGET_LAYER
+
+
+def test_training_reaches_its_accuracy(tmp_path) -> None:
+    """Training on this machine (seed ``CAMSCOPE_TEST_TRAIN_SEED``) still solves the task."""
+    model = V.load_or_train_vit(tmp_path, seed=TRAIN_SEED)
+    acc = S.evaluate(model, S.make_scenes(1000, seed=1001))
+    assert acc >= MIN_TRAINED_ACCURACY, f"held-out accuracy {acc:.3f} (training seed {TRAIN_SEED})"
 
 
 def test_registry_methods_all_have_floors() -> None:

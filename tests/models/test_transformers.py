@@ -30,10 +30,10 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from camscope.core.engine import CamEngine
 from camscope.core.layers import default_layer
 from camscope.core.runtime import SpeedSettings
-from camscope.core.tail import split_model
+from camscope.core.split import split_model
+from camscope.engine import CamEngine
 from camscope.methods.registry import method_names
 from tests.reference import reference_maps
 

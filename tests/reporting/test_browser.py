@@ -32,7 +32,6 @@ from PIL import Image
 from camscope.core.threads import torch_threads
 from camscope.io.rundir import is_random_weights
 from camscope.models import LoadedModel, Preprocess
-from camscope.pipeline import ExplainOptions, run_explain
 from camscope.reporting import evaluate_run, write_report
 from camscope.reporting.explore import (
     LOW_AGREEMENT,
@@ -43,6 +42,7 @@ from camscope.reporting.explore import (
     map_grid,
     weights_banner,
 )
+from camscope.run.explainer import ExplainOptions, run_explain
 
 CLASSES = ["tabby", "beagle", 'fox & "hen"', "<b>bold</b>", "zebra"]
 SCRIPT_DIR = "<script>alert(1)<"

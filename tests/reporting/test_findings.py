@@ -210,3 +210,48 @@ def test_boxes_to_input_frame_centre_crop_matches_to_tensor() -> None:
     assert (bright == expected).mean() > 0.98
     # a box entirely outside the crop is dropped
     assert boxes_to_input_frame([Box(0, 0, 30, 200)], (300, 200), pre) == []
+
+
+def test_categories_ranked_and_disagreement_named_by_hand() -> None:
+    from camscope.reporting.findings import category_findings, stability_findings
+
+    # A: most faithful (lower deletion), worst localised; B the reverse; C in between.
+    def v(label: str, d: float, e: float, top5: float) -> dict:
+        return {"label": label, "method": label, "deletion_auc": d, "energy_pg": e, "top5_energy": top5}
+
+    recs = [
+        {"rel": f"p{i}", "targets": [{"rank": 0, "class": 0, "variants": {
+            "A": v("A", 0.1, 0.2 + i / 100, 0.5), "B": v("B", 0.3, 0.8, 0.3), "C": v("C", 0.2, 0.5, 0.1)},
+            "agreement": []}]}
+        for i in range(2)
+    ]
+    s = summarize(recs, ["A", "B", "C"])
+    assert s["categories"]["faithfulness"]["ranking"] == ["A", "C", "B"]
+    assert s["categories"]["localisation"]["ranking"] == ["B", "C", "A"]
+    assert s["categories"]["complexity"]["ranking"] == ["A", "B", "C"]  # top-5 % energy: higher first
+    # overall: faithfulness + localisation columns, not complexity: A 1,1,3,3 = 2; B 3,3,1,1 = 2; C 2
+    assert s["variants"]["A"]["mean_rank"] == pytest.approx(2.0) and s["ranking"] == ["A", "B", "C"]
+    f = category_findings(s)
+    assert ("Faithfulness (Deletion AUC): A is the most faithful (mean rank 1.00), B the least faithful (3.00)."
+            in f)
+    assert ("The categories disagree: A is the most faithful but the worst localised (faithfulness mean rank "
+            "1.00, localisation 3.00); no single ranking describes these maps.") in f
+    assert ("The categories disagree: B is the best localised but the least faithful (localisation mean rank "
+            "1.00, faithfulness 3.00); no single ranking describes these maps.") in f
+    assert not any("disagree" in x and "complex" in x for x in f)  # complexity describes, it does not judge
+    # stability: a reversed order at another setting gives tau = -1 and says so
+    for i, rec in enumerate(recs):
+        for name, x in zip("ABC", (0.3, 0.1, 0.2), strict=True):
+            rec["targets"][0]["variants"][name]["stability"] = {
+                "deletion_insertion": {"steps=12": {"deletion_auc": x + i / 1000},
+                                       "steps=50": {"deletion_auc": rec["targets"][0]["variants"][name]["deletion_auc"]}}}
+    s = summarize(recs, ["A", "B", "C"])
+    rows = {(r["key"], r["setting"]): r for r in s["stability"]}
+    assert rows["deletion_auc", "steps=12"]["kendall_tau"] == pytest.approx(-1.0)
+    assert rows["deletion_auc", "steps=12"]["order"] == ["A", "C", "B"]
+    assert rows["deletion_auc", "steps=12"]["order_alt"] == ["B", "C", "A"]
+    assert rows["deletion_auc", "steps=50"]["kendall_tau"] == pytest.approx(1.0)
+    assert stability_findings(s) == [
+        "The ranking by Deletion AUC moves with the metric's settings (Kendall tau steps=12: -1.00, "
+        "steps=50: 1.00); at steps=12 the order changes, so read it with care."
+    ]

@@ -31,9 +31,9 @@ import camscope.reporting
 from camscope.cli import main
 from camscope.core.threads import torch_threads
 from camscope.models import LoadedModel, Preprocess
-from camscope.pipeline import ExplainOptions, run_explain
 from camscope.reporting import build_report, report_after_explain
 from camscope.reporting.evaluate import MeasureSettings
+from camscope.run.explainer import ExplainOptions, run_explain
 
 SPECIAL_DIR = '<script>alert("x")<'
 SPECIAL_FILE = "script> & 'q'.png"
@@ -152,8 +152,9 @@ def test_html_escapes_user_strings(run_dir: Path) -> None:
     assert blocks[1][1] == (Path(camscope.reporting.__file__).parent / "assets" / "explore.js").read_text(encoding="utf-8")
     assert "<script" not in re.sub(r"<script\b[^>]*>.*?</script>", "", page, flags=re.S | re.I).lower()
     assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#x27;q&#x27;.png" in page
-    assert "fox &amp; &quot;hen&quot;" in page
+    # Jinja2's autoescape (markupsafe) writes quotes as &#34; and &#39;.
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &#39;q&#39;.png" in page
+    assert "fox &amp; &#34;hen&#34;" in page
     # Links to the overlays are percent-encoded relative URLs inside DIR.
     overlay = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["images"][SPECIAL_REL]["files"]["gradcam"][0]
     assert f'src="{quote(overlay)}"' in page
@@ -166,8 +167,11 @@ def test_rebuild_reuses_cached_metrics(run_dir: Path, tmp_path: Path) -> None:
     before = _metrics(run_dir)
     with torch_threads(1):
         ev, files = build_report(run_dir, model=_loaded(Exploding()), steps=STEPS)
-    assert ev.computed == {"faithfulness": 0, "road": 0}
-    assert ev.reused == {"faithfulness": 3 * N_VARIANTS, "road": 3 * N_VARIANTS}
+    model_metrics = ("deletion_insertion", "average_drop", "road")  # the default set's model-based metrics
+    assert ev.computed == dict.fromkeys(model_metrics, 0)
+    assert ev.reused == dict.fromkeys(model_metrics, 3 * N_VARIANTS)
+    with pytest.deprecated_call(match="per metric now"):  # camscope 0.1's group names still read
+        assert ev.reused["faithfulness"] == ev.reused["road"] == 3 * N_VARIANTS
     assert _metrics(run_dir) == before  # boxes kept from the cache too
     # `camscope report DIR` through its argparse glue: no model is even built (the manifest's
     # model "tiny" is not a torchvision model, so building it would fail).
@@ -183,9 +187,10 @@ def test_changed_map_is_remeasured_and_map_only_mode(run_dir: Path, tmp_path: Pa
     np.save(npy, np.load(npy)[::-1].copy())
     with torch_threads(1):
         ev, _ = build_report(out, model=_loaded(), steps=STEPS)
-    assert ev.computed == {"faithfulness": 1, "road": 1}
+    assert ev.computed == {"deletion_insertion": 1, "average_drop": 1, "road": 1}
+    assert ev.reused == {"deletion_insertion": 3 * N_VARIANTS - 1, "average_drop": 3 * N_VARIANTS - 1, "road": 3 * N_VARIANTS - 1}
     ev2, files = build_report(out, faithfulness=False, recompute=True)
-    assert ev2.computed == {"faithfulness": 0, "road": 0}
+    assert ev2.computed == {} and ev2.maps_computed == 0  # no model-based metric selected
     v = _metrics(out)["cat.png"]["targets"][0]["variants"]["gradcam"]
     assert "deletion_auc" not in v and "entropy" in v
     assert isinstance(v["pointing_game"], bool)  # localisation kept from the cache without --boxes

@@ -131,12 +131,22 @@
     filterBoxes[name] = box;
     return el('label', { for: 'ex-f-' + name }, box, ' ' + text + ' (' + count(tests[name]) + ')');
   }
+  // The metrics offered for sorting, one <optgroup> per category of the metric registry.
+  function metricGroups() {
+    const groups = new Map();
+    for (const m of D.metrics) {
+      const cat = m.category || 'map properties';
+      if (!groups.has(cat)) groups.set(cat, []);
+      groups.get(cat).push(el('option', { value: 'm:' + m.key },
+        m.label + (m.better ? ' (' + m.better + ' is better)' : '')));
+    }
+    return Array.from(groups, ([cat, opts]) => el('optgroup', { label: cat }, ...opts));
+  }
   const sortSel = el('select', { id: 'ex-sort' },
     el('option', { value: 'name' }, 'file name'),
     el('option', { value: 'prob' }, 'probability of the prediction'),
     el('option', { value: 'agreement' }, 'lowest agreement (Spearman)'),
-    ...D.metrics.map((m) => el('option', { value: 'm:' + m.key },
-      m.label + (m.better ? ' (' + m.better + ' is better)' : ''))));
+    ...metricGroups());
   const dirSel = el('select', { id: 'ex-dir', 'aria-label': 'sort direction' },
     el('option', { value: 'asc' }, 'ascending'), el('option', { value: 'desc' }, 'descending'));
   const sortOf = el('span', { class: 'ex-val', id: 'ex-sort-of' });
