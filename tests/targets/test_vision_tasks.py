@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camscope.core.engine import CamEngine
+from camscope.engine import CamEngine
 from camscope.errors import UsageError
 from camscope.targets import Detection, SegmentRegion, Target, Task
 from tests.reference import reference_finalize, reference_saliency
@@ -168,7 +168,7 @@ def _compare(name: str, ours: torch.Tensor, theirs: np.ndarray, model: nn.Module
         np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-5, err_msg=name)
         return
     from camscope.core.capture import capture
-    from camscope.core.tail import split_model
+    from camscope.core.split import split_model
 
     cap = capture(split_model(model, layer), x, resolve=lambda out: [[t] for t in targets])
     g, a = cap.gradients, cap.activations  # float32, as pytorch-grad-cam computes
