@@ -158,7 +158,9 @@ def load_spec(spec: ModelSpec, device: str | torch.device = "cpu", *, progress: 
     s = parse_channels(std, "--std") if std is not None else None
     if size is not None or m is not None or s is not None:
         loaded.preprocess = loaded.preprocess.with_overrides(size, m, s)
-    if spec.labels:
+    if spec.labels and spec.labels.strip().lower() == "imagenet":  # the bundled ImageNet-1k names and WordNet ids
+        loaded.categories, loaded.wnids = imagenet_categories(), imagenet_wnids()
+    elif spec.labels:
         loaded.categories = load_class_names(spec.labels)
     return loaded
 

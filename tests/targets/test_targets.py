@@ -327,3 +327,13 @@ def test_explain_api_takes_targets_and_task(net: LinearHead, x: torch.Tensor) ->
     c = camscope.explain(net, x, layer="feat", methods=["gradcam"], task=Task("multilabel", score_threshold=0.0),
                          top_k=2, images_per_call=1)
     assert c.task == "multilabel" and [len(t) for t in c.explained] == [2, 2] and c.maps["gradcam"].shape[1] == 2
+
+
+def test_labels_imagenet_names_classes_and_wordnet_ids() -> None:
+    """--labels imagenet: the bundled ImageNet-1k names and WordNet ids, for a model that has
+    none (random weights here; the same for an import-path model)."""
+    from camscope.models import ModelSpec
+
+    loaded = ModelSpec("resnet18", weights_tag=None, labels="imagenet").load()
+    assert len(loaded.categories) == 1000 and loaded.categories[21] == "kite"
+    assert loaded.wnids is not None and loaded.wnids[21] == "n01608432"
