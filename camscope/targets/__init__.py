@@ -20,6 +20,7 @@ from camscope.targets.registry import (
     row_scores,
     score_matrix,
     target_names,
+    targets_markdown,
     task_names,
 )
 
@@ -39,6 +40,6 @@ from camscope.targets.similarity import Similarity  # noqa: E402
 __all__ = [
     "TARGETS", "TASKS", "Target", "TargetKind", "Task", "CallableTarget", "register_target", "get_target_kind",
     "target_names", "task_names", "resolve_targets", "row_scores", "score_matrix", "logits_of", "detections_of",
-    "embedding_of", "infer_task", "ClassLogit", "ClassProbability", "MultiLabel", "Contrast", "SegmentRegion",
+    "embedding_of", "infer_task", "targets_markdown", "ClassLogit", "ClassProbability", "MultiLabel", "Contrast", "SegmentRegion",
     "Detection", "Similarity", "BUILTIN_MODULES",
 ]

@@ -45,6 +45,7 @@ __all__ = [
     "row_scores",
     "score_matrix",
     "CallableTarget",
+    "targets_markdown",
 ]
 
 
@@ -397,3 +398,12 @@ def score_matrix(targets: Sequence[Target], output: Any, *, probability: bool = 
     if len(kinds) == 1:
         return next(iter(kinds)).score_columns(targets, output, probability)
     return torch.stack([t.probability(output) if probability else t.score(output) for t in targets], dim=1)
+
+
+def targets_markdown() -> str:
+    """The README's table of target kinds, from the registry."""
+    lines = ["| target | `task=` | score s (differentiated / evaluated by the methods) |", "|---|---|---|"]
+    for k in TARGETS.values():
+        tasks = ", ".join(f"`{t}`" for t, name in TASKS.items() if name == k.name) or "-"
+        lines.append(f"| `{k.name}`: {k.title} | {tasks} | {k.equation} |")
+    return "\n".join(lines)

@@ -14,7 +14,7 @@ from camscope.targets.registry import Target, Task, _take, embedding_of, registe
 
 
 @register_target(
-    "similarity", title="embedding similarity", equation="s = <e, c> / (|e| |c|) (e: image embedding, c: concept)",
+    "similarity", title="embedding similarity", equation="s = cos(e, c) = e.c / (norm(e) norm(c)) (e: image embedding, c: concept)",
     task="embed",
 )
 class Similarity(Target):

@@ -337,3 +337,14 @@ def test_labels_imagenet_names_classes_and_wordnet_ids() -> None:
     loaded = ModelSpec("resnet18", weights_tag=None, labels="imagenet").load()
     assert len(loaded.categories) == 1000 and loaded.categories[21] == "kite"
     assert loaded.wnids is not None and loaded.wnids[21] == "n01608432"
+
+
+def test_readme_table_comes_from_the_registry() -> None:
+    from pathlib import Path
+
+    from camscope.targets import targets_markdown
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index("<!-- targets-table")
+    block = text[text.index("\n", start) + 1 : text.index("<!-- /targets-table -->")].strip()
+    assert block == targets_markdown()
