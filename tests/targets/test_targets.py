@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from camscope.core.capture import capture
-from camscope.engine import CamEngine
 from camscope.core.split import split_model
+from camscope.engine import CamEngine
 from camscope.errors import UsageError
 from camscope.targets import (
     TARGETS,
