@@ -1,6 +1,6 @@
 """One capture serves every method: activations, gradients, logits and targets for a batch.
 
-The network is split at the target layer (``core.tail``): the head runs once without autograd;
+The network is split at the target layer (``core.split``): the head runs once without autograd;
 the tail runs on activations that require grad, so the backward pass stops at the target layer
 (``torch.autograd.grad`` with respect to the activations, never through the parameters).
 """
