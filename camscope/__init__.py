@@ -77,13 +77,14 @@ def explain(
     layer: str | None = None,
     methods: Sequence[str] = ("gradcam", "ablationcam", "scorecam"),
     preprocess: Preprocess | None = None,
-    targets: Sequence[int] | Sequence[Sequence[int]] | None = None,
-    top_k: int = 1,
+    targets: Any = None,
+    top_k: int | None = None,
     smoothing: Sequence[str] | str | None = None,
     speed: SpeedSettings | None = None,
     images_per_call: int = 8,
     progress: bool = False,
     reshape: str = "auto",
+    task: Any = None,
 ) -> CamResult:
     """Class activation maps of any classifier for one or more images.
 
@@ -98,7 +99,13 @@ def explain(
         methods: registered method names (see ``camscope.METHODS``).
         preprocess: how photos become tensors (default: the loaded model's, else a 224x224
             resize with ImageNet statistics).
-        targets: class per image (or list of classes per image); default: the top-k predicted.
+        targets: class per image (or list of classes per image), :class:`camscope.targets.Target`
+            objects, or a callable ``output -> (N,) scores``; default: the task's targets (the
+            top-k predicted classes of a classifier).
+        top_k: at most this many default targets per image (default: the task's).
+        task: ``classify``, ``probability``, ``multilabel``, ``contrast``, ``segment``,
+            ``detect``, ``embed``, ``zeroshot`` or a :class:`camscope.targets.Task` with options
+            (default: the loaded model's, else from the output).
         smoothing: ``"eigen"``, ``"aug"``, ``"eigen,aug"`` or a list of such variants.
         speed: rows per pass, precision and model copy of Score-/Ablation-CAM
             (:class:`~camscope.core.runtime.SpeedSettings`).
@@ -127,11 +134,16 @@ def explain(
         loaded.model, layer, methods=methods, smoothing=smoothing, normalization=pre.normalization,
         speed=speed, progress=progress, reshape=reshape, input_size=(1, *x.shape[1:]),
     )
-    per_image = None if targets is None else [t if isinstance(t, (list, tuple)) else [t] for t in targets]
+    if task is None and isinstance(getattr(loaded, "info", None), dict):
+        task = loaded.info.get("task")  # torchvision segmenters and detectors name theirs
+    per_image = None
+    if targets is not None and not callable(targets) and isinstance(targets, (list, tuple)):
+        per_image = [t if isinstance(t, (list, tuple)) else [t] for t in targets]
     parts = []
     for start in range(0, x.shape[0], max(1, images_per_call)):
         chunk = slice(start, start + max(1, images_per_call))
-        parts.append(engine(x[chunk].to(device), None if per_image is None else per_image[chunk], top_k))
+        given = targets if per_image is None else per_image[chunk]
+        parts.append(engine(x[chunk].to(device), given, top_k, task))
     res = concat_results(parts)
     res.model = loaded
     if photos is not None:

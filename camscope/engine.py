@@ -40,8 +40,10 @@ class CamResult:
     and :mod:`camscope.run.explainer`, imported when used).
 
     Attributes:
-        targets: (B,k) explained classes.
-        probabilities: (B,C) softmax of the model output on the original images.
+        targets: (B,k) explained classes (-1 for a target without a class, and for the empty
+            slots of an image with fewer than k targets).
+        probabilities: (B,C) softmax of the model output on the original images ((B,0) when
+            the output is not a classifier's logits).
         maps: variant name (``"gradcam"``, ``"gradcam+eigen+aug"``...) -> (B,k,H,W) in [0,1].
         seconds: wall time per method (all its variants), plus ``"capture"``.
         inputs: (B,3,H,W) the model inputs, on the CPU.
@@ -52,6 +54,10 @@ class CamResult:
             given in memory); set by :func:`camscope.explain`.
         model: a :class:`camscope.models.LoadedModel` (name, weights, class names,
             preprocessing), when known.
+        explained: the :class:`camscope.targets.Target` objects of each image (as many as the
+            image has: a detector may find none; maps of the empty slots are zero).
+        scores: (B,k) each target's score on the original image (NaN for empty slots).
+        task: the task whose targets were explained (``classify``, ``segment``, ``detect``...).
     """
 
     targets: Tensor
@@ -68,6 +74,16 @@ class CamResult:
     names: list[str] | None = None
     sources: list[str | None] | None = None
     model: Any = field(default=None, repr=False)
+    explained: list[list[Any]] | None = field(default=None, repr=False)
+    scores: Tensor | None = field(default=None, repr=False)
+    task: str | None = None
+
+    def target_names(self, i: int) -> list[str]:
+        """Readable names of image ``i``'s targets (class names where the model has them)."""
+        categories = getattr(self.model, "categories", None)
+        if self.explained is None:
+            return [self.class_name(int(c)) for c in self.targets[i].tolist()]
+        return [t.name(categories) for t in self.explained[i]]
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
@@ -188,47 +204,73 @@ class CamEngine:
         return [variant_name(m.name, v.parts) for v in self.variants for m in self.methods]
 
     def __call__(
-        self, images: Tensor, targets: Sequence[Sequence[int]] | Sequence[int] | None = None, top_k: int = 1
+        self, images: Tensor, targets: Any = None, top_k: int | None = None, task: Any = None,
     ) -> CamResult:
         """Explain a batch of images (B,3,H,W).
 
         Args:
-            targets: classes to explain, per image (a list of ints, or of lists for several);
-                default: the ``top_k`` predicted classes.
+            targets: what to explain (:func:`camscope.targets.resolve_targets`): per image a
+                class index, a :class:`~camscope.targets.Target`, a callable
+                ``output -> (N,) scores``, or a list of those; or one Target / callable for
+                every image; default: the task's targets (the ``top_k`` predicted classes of
+                a classifier, every detection above the score threshold...).
+            top_k: at most this many default targets per image (default: the task's: 1
+                class, 1 segment class, 10 detections, 10 labels).
+            task: a task name (``classify``, ``probability``, ``multilabel``, ``contrast``,
+                ``segment``, ``detect``, ``embed``, ``zeroshot``) or a
+                :class:`~camscope.targets.Task` with its options; default: from the output
+                (detections -> detect, per-pixel logits -> segment, else classify).
         """
         with model_state_guard(self.model):
             try:
-                return self._run(images, targets, top_k)
+                return self._run(images, targets, top_k, task)
             finally:
                 self.runtime.end_call()
 
-    def _run(self, images: Tensor, targets, top_k: int) -> CamResult:
+    def _run(self, images: Tensor, targets: Any, top_k: int | None, task: Any) -> CamResult:
+        from camscope.targets import Task, resolve_targets
+
         b = images.shape[0]
         augs = max((v.augmentations for v in self.variants), key=len)
         n_aug = len(augs)
         views = expand_views(images, augs, self.normalization)
-        plain_view_of = [(v // n_aug) * n_aug for v in range(b * n_aug)]
-        per_view = None
-        if targets is not None:
-            per_image = [list(t) if isinstance(t, (list, tuple)) else [int(t)] for t in targets]
-            if len(per_image) != b:
-                raise ValueError(f"{len(per_image)} target lists for {b} images")
-            per_view = [per_image[v // n_aug] for v in range(b * n_aug)]
+        the_task = Task.parse(task)
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        chosen: dict[str, Any] = {}
+
+        def resolve(output: Any) -> list[list[Any]]:
+            plain = list(range(0, b * n_aug, n_aug))
+            per_image = resolve_targets(targets, the_task, output, plain, size, top_k)
+            if n_aug > 1 and (the_task.kind(output).cls.spatial or any(t.spatial for ts in per_image for t in ts)):
+                from camscope.errors import UsageError
+
+                raise UsageError("smoothing 'aug' flips and shifts the image, which a box or mask target does not "
+                                 "follow; use eigen smoothing or none")
+            chosen["task"] = the_task.name or the_task.kind(output).task
+            chosen["per_image"] = per_image
+            return [per_image[v // n_aug] for v in range(b * n_aug)]
 
         t0 = time.perf_counter()
         cap = capture(
             self.split,
             views,
-            targets_of_view=per_view,
-            top_k=top_k,
-            plain_view_of=plain_view_of,
             need_gradients=any(m.needs_gradients for m in self.methods),
+            resolve=resolve,
         )
         seconds = {"capture": time.perf_counter() - t0}
-        k = cap.targets.shape[0] // (b * n_aug)
+        per_image = chosen["per_image"]
+        k = max((len(ts) for ts in per_image), default=0)
+        # row r -> slot (view, rank) of a (B*A*k) grid; images with fewer targets leave zeros
+        counts = [len(per_image[v // n_aug]) for v in range(b * n_aug)]
+        slot = torch.tensor([v * k + j for v in range(b * n_aug) for j in range(counts[v])], dtype=torch.long)
         plain_views = torch.arange(b, device=views.device) * n_aug
-        probabilities = torch.softmax(cap.view_logits[plain_views], dim=1)
-        result_targets = cap.targets.reshape(b, n_aug, k)[:, 0]
+        probabilities = torch.softmax(cap.view_logits[plain_views.to(cap.view_logits.device)], dim=1)
+        result_targets = torch.full((b * n_aug * k,), -1, dtype=torch.long)
+        result_targets[slot] = cap.targets.cpu()
+        result_targets = result_targets.reshape(b, n_aug, k)[:, 0]
+        result_scores = torch.full((b * n_aug * k,), float("nan"))
+        result_scores[slot] = cap.scores.detach().float().cpu()
+        result_scores = result_scores.reshape(b, n_aug, k)[:, 0]
 
         maps: dict[str, Tensor] = {}
         for spec in self.methods:
@@ -238,6 +280,10 @@ class CamEngine:
                 weighted = out[:, None].to(cap.activations.dtype)
             else:
                 weighted = weighted_activations(out, cap.activations)
+            if weighted.shape[0] != b * n_aug * k:  # ragged rows: put them in their slots
+                grid = weighted.new_zeros(b * n_aug * k, *weighted.shape[1:])
+                grid[slot.to(grid.device)] = weighted
+                weighted = grid
             weighted = weighted.reshape(b, n_aug, k, *weighted.shape[1:])
             for variant in self.variants:
                 name = variant_name(spec.name, variant.parts)
@@ -254,6 +300,9 @@ class CamEngine:
             methods=[m.name for m in self.methods],
             smoothing=[v.parts for v in self.variants],
             speed=self.runtime.speed,
+            explained=per_image,
+            scores=result_scores,
+            task=chosen["task"],
         )
 
 
@@ -266,10 +315,23 @@ def concat_results(parts: Sequence[CamResult]) -> CamResult:
     for p in parts:
         for key, value in p.seconds.items():
             seconds[key] = seconds.get(key, 0.0) + value
+    k = max(int(p.targets.shape[1]) for p in parts)  # images of different calls may have different counts
+
+    def pad(t: Tensor, value: float) -> Tensor:
+        if t.shape[1] == k:
+            return t
+        return torch.cat([t, t.new_full((t.shape[0], k - t.shape[1], *t.shape[2:]), value)], dim=1)
+
+    explained = None
+    if all(p.explained is not None for p in parts):
+        explained = [ts for p in parts for ts in p.explained]
+    scores = None
+    if all(p.scores is not None for p in parts):
+        scores = torch.cat([pad(p.scores, float("nan")) for p in parts])
     return CamResult(
-        torch.cat([p.targets for p in parts]),
+        torch.cat([pad(p.targets, -1) for p in parts]),
         torch.cat([p.probabilities for p in parts]),
-        {name: torch.cat([p.maps[name] for p in parts]) for name in first.maps},
+        {name: torch.cat([pad(p.maps[name], 0.0) for p in parts]) for name in first.maps},
         seconds,
         inputs=None if first.inputs is None else torch.cat([p.inputs for p in parts]),
         normalization=first.normalization,
@@ -277,6 +339,9 @@ def concat_results(parts: Sequence[CamResult]) -> CamResult:
         methods=first.methods,
         smoothing=first.smoothing,
         speed=first.speed,
+        explained=explained,
+        scores=scores,
+        task=first.task,
     )
 
 
@@ -286,6 +351,8 @@ def _variant_maps(spec: MethodSpec, variant: Smoothing, weighted: Tensor, size: 
     variant's views, finalised, then folded back into one map per image and class."""
     augs = variant.augmentations
     b, _, k, *rest = weighted.shape
+    if k == 0:  # no image has a target (a detector found nothing): nothing to draw
+        return weighted.new_zeros(b, 0, *size)
     wa = weighted[:, : len(augs)].reshape(-1, *rest)
     plain = wa.sum(dim=1)
     sal = first_component(wa, reference=plain) if spec.reduce == "pca" or variant.eigen else plain
@@ -298,17 +365,20 @@ def compute_cams(
     *,
     layer: str | None = None,
     methods: Sequence[str] = ("gradcam", "ablationcam", "scorecam"),
-    targets: Sequence[Sequence[int]] | Sequence[int] | None = None,
-    top_k: int = 1,
+    targets: Any = None,
+    top_k: int | None = None,
     smoothing: Sequence[str] | str | None = None,
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     speed: SpeedSettings | None = None,
     progress: bool = False,
     reshape: str | Reshape = "auto",
+    task: Any = None,
+    allow_trace: bool = True,
 ) -> CamResult:
-    """One-call convenience around :class:`CamEngine` for a batch of images."""
+    """One-call convenience around :class:`CamEngine` for a batch of images (``targets``,
+    ``top_k``, ``task``: see :meth:`CamEngine.__call__`)."""
     engine = CamEngine(
         model, layer, methods=methods, smoothing=smoothing, normalization=normalization, speed=speed,
-        progress=progress, reshape=reshape, input_size=tuple(images.shape),
+        progress=progress, reshape=reshape, input_size=tuple(images.shape), allow_trace=allow_trace,
     )
-    return engine(images, targets, top_k)
+    return engine(images, targets, top_k, task)

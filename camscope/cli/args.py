@@ -74,7 +74,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weights", dest="weights_file", metavar="FILE",
                    help="local state dict: .safetensors, or .pt/.pth loaded with weights_only=True")
     g.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that needs arbitrary unpickling (runs its code!)")
-    g.add_argument("--labels", metavar="FILE", help="class names: one per line, or JSON")
+    g.add_argument("--labels", metavar="FILE", help="class names: one per line, or JSON; 'imagenet': the bundled "
+                   "ImageNet-1k names and WordNet ids (photos named by WordNet id get their correct column)")
     g.add_argument("--layer", help="target layer as a dotted module path, e.g. layer4.2 (default: per architecture)")
     g.add_argument("--preprocess", choices=("classic", "weights"), default="classic",
                    help="classic: resize to 224x224, map covers the whole photo; weights: the weights' "

@@ -1,6 +1,6 @@
 """One capture serves every method: activations, gradients, logits and targets for a batch.
 
-The network is split at the target layer (``core.tail``): the head runs once without autograd;
+The network is split at the target layer (``core.split``): the head runs once without autograd;
 the tail runs on activations that require grad, so the backward pass stops at the target layer
 (``torch.autograd.grad`` with respect to the activations, never through the parameters).
 """
@@ -27,8 +27,12 @@ class Capture:
         view_logits: (V,C) model outputs of each view.
         carry: values the tail needs besides the activations (see ``LayerSplit.tail``).
         view_index: (R,) the view of each row.
-        targets: (R,) the target class of each row.
-        gradients: (R,K,h,w) d logit_target / d A, or None when no method needs them.
+        targets: (R,) the target class of each row (-1 for a target without one).
+        gradients: (R,K,h,w) d score / d A of each row's target, or None when no method needs them.
+        view_output: the model's output for the views as it returned it (a tensor, a dict, a
+            list of detection dicts...), detached.
+        row_targets: the :class:`camscope.targets.Target` of each row.
+        row_scores: (R,) each row's target score on its view.
     """
 
     views: Tensor
@@ -38,6 +42,9 @@ class Capture:
     view_index: Tensor
     targets: Tensor
     gradients: Tensor | None = None
+    view_output: Any = None
+    row_targets: tuple[Any, ...] | None = None
+    row_scores: Tensor | None = None
 
     @property
     def activations(self) -> Tensor:
@@ -51,8 +58,22 @@ class Capture:
 
     @property
     def scores(self) -> Tensor:
-        """(R,) target logit y_c of each row."""
+        """(R,) target score of each row on its view (the logit y_c for class targets)."""
+        if self.row_scores is not None:
+            return self.row_scores
         return self.logits.gather(1, self.targets[:, None])[:, 0]
+
+    def score_matrix(self, output: Any, rows: Tensor, *, probability: bool = False) -> Tensor:
+        """Scores (n, len(rows)) of the targets of ``rows`` on each of the n images of
+        ``output`` (the model's output for n perturbed copies of one view; rows of that view):
+        what Ablation-CAM and Score-CAM read. ``probability``: Score-CAM's probability (the
+        softmax for class targets)."""
+        if self.row_targets is None:
+            logits = torch.softmax(output, dim=1) if probability else output
+            return logits[:, self.targets[rows]]
+        from camscope.targets import score_matrix
+
+        return score_matrix([self.row_targets[r] for r in rows.tolist()], output, probability=probability)
 
     def rows_by_view(self) -> Iterator[tuple[int, Tensor]]:
         """Yield (view, row indices) for every view that has rows."""
@@ -93,6 +114,7 @@ def capture(
     top_k: int = 1,
     plain_view_of: Sequence[int] | None = None,
     need_gradients: bool = True,
+    resolve: Any = None,
 ) -> Capture:
     """Run one forward (and, if needed, one backward per target rank) for a batch of views.
 
@@ -105,6 +127,10 @@ def capture(
         plain_view_of: for augmented views, the index of the un-augmented view of the same image:
             targets come from its prediction so that every view explains the same class.
         need_gradients: compute d y_c / d A for every row.
+        resolve: ``resolve(output) -> targets of each view`` (lists of
+            :class:`camscope.targets.Target`, any length, possibly empty) from the model's
+            output on all views; replaces ``targets_of_view`` / ``top_k``
+            (:func:`capture_targets`).
     """
     with torch.no_grad():
         acts, carry = split.head(views)
@@ -121,6 +147,8 @@ def capture(
     with torch.enable_grad() if need_gradients else torch.no_grad():
         a = acts.clone().requires_grad_(need_gradients)
         logits = split.tail(a, carry, None)
+    if resolve is not None:
+        return capture_targets(views, acts, a, logits, carry, resolve, need_gradients)
     n_views = views.shape[0]
     if targets_of_view is None:
         plain = list(range(n_views)) if plain_view_of is None else list(plain_view_of)
@@ -150,3 +178,84 @@ def capture(
         targets=tv.reshape(-1),
         gradients=None if gradients is None else gradients.detach(),
     )
+
+
+def capture_targets(
+    views: Tensor, acts: Tensor, a: Tensor, output: Any, carry: Any, resolve: Any, need_gradients: bool
+) -> Capture:
+    """The rows of a capture from targets: ``resolve(output)`` gives each view its targets;
+    row ``(v, j)`` is view ``v``'s ``j``-th target, rows in view-major order. One backward per
+    rank ``j`` (the sum of the ``j``-th targets' scores of every view that has one): views do
+    not interact, so each view's gradient is its own target's."""
+    from camscope.targets import row_scores
+
+    per_view = resolve(_detach(output))
+    n_views = views.shape[0]
+    if len(per_view) != n_views:
+        raise ValueError(f"{len(per_view)} target lists for {n_views} views")
+    ranks = max((len(t) for t in per_view), default=0)
+    device = acts.device
+    rows = [(v, j) for v, ts in enumerate(per_view) for j in range(len(ts))]
+    row_targets = tuple(per_view[v][j] for v, j in rows)
+    scores = torch.zeros(len(rows), device=device)
+    gradients = None
+    if need_gradients:
+        per_rank = []
+        for j in range(ranks):
+            views_j = [v for v, ts in enumerate(per_view) if len(ts) > j]
+            s = row_scores([per_view[v][j] for v in views_j], output, torch.tensor(views_j, device=device))
+            if s.requires_grad:
+                (g,) = torch.autograd.grad(s.sum(), a, retain_graph=j < ranks - 1)
+            else:  # e.g. no detection matched: the score is a constant 0
+                g = torch.zeros_like(acts)
+            per_rank.append(g)
+        if rows:
+            stacked = torch.stack(per_rank, dim=1)
+            vi = torch.tensor([v for v, _ in rows], device=device)
+            ji = torch.tensor([j for _, j in rows], device=device)
+            gradients = stacked[vi, ji].detach()
+        else:
+            gradients = acts.new_zeros(0, *acts.shape[1:])
+    out = _detach(output)
+    with torch.no_grad():
+        if rows:
+            scores = row_scores(list(row_targets), out, torch.tensor([v for v, _ in rows], device=device)).float()
+    logits = _logits_or_empty(out, n_views)
+    return Capture(
+        views=views,
+        view_activations=acts,
+        view_logits=logits,
+        carry=carry,
+        view_index=torch.tensor([v for v, _ in rows], dtype=torch.long, device=device),
+        targets=torch.tensor([getattr(t, "label", -1) for t in row_targets], dtype=torch.long, device=device),
+        gradients=gradients,
+        view_output=out,
+        row_targets=row_targets,
+        row_scores=scores.detach(),
+    )
+
+
+def _detach(value: Any) -> Any:
+    """A model output with every tensor detached (floating ones as float32); dicts, lists,
+    tuples and Hugging Face outputs (dicts) keep their keys."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().float() if value.is_floating_point() else value.detach()
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_detach(v) for v in value)
+    return value
+
+
+def _logits_or_empty(output: Any, n_views: int) -> Tensor:
+    """(V, C) classifier logits when the output has them, else (V, 0)."""
+    from camscope.errors import UsageError
+    from camscope.targets import logits_of
+
+    try:
+        logits = logits_of(output)
+    except UsageError:
+        logits = None
+    if logits is None or logits.dim() != 2 or logits.shape[0] != n_views:
+        return torch.zeros(n_views, 0)
+    return logits.float()

@@ -164,6 +164,15 @@ def _arch_rule(model: nn.Module, arch: str) -> list[str]:
     """Candidate default layers for ``arch`` (torchvision, timm and Hugging Face names), in order;
     the first one that exists in ``model`` is used. See :func:`default_layer` for the reasons."""
     key = re.sub(r"[^a-z0-9]", "", arch.lower())
+    if key in ("fcn", "deeplabv3", "lraspp"):  # torchvision segmenters: the backbone's last stage
+        return [c for c in ["backbone.layer4", _last_child(model, "backbone")] if c]
+    if key in ("fasterrcnn", "maskrcnn", "keypointrcnn", "retinanet", "fcos", "ssd"):
+        # detectors: see camscope.models.torchvision_tasks for why C5 and not an FPN level
+        backbone = getattr(model, "backbone", None)
+        if type(backbone).__name__.startswith("SSDLite"):
+            return ["backbone.features[0]"]
+        body = _last_child(backbone, "body") if isinstance(backbone, nn.Module) else None
+        return [c for c in ["backbone.body.layer4", body and f"backbone.{body}", "backbone.features"] if c]
     if key.startswith(("resnet", "resnext", "wideresnet")):
         return [c for c in [_last_child(model, "layer4")] if c]
     if key.startswith("vgg"):

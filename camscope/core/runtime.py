@@ -186,6 +186,10 @@ class FrozenForward(_FirstBatchForward):
 
     def _build(self, x: Tensor) -> Tensor:
         ref = self.module(x)
+        if not isinstance(ref, Tensor):  # dicts, detections: TorchScript's trace needs a tensor
+            logger.debug("not freezing the model: its output is a %s, not a tensor", type(ref).__name__)
+            self.failed = True
+            return ref
         try:
             t0 = time.perf_counter()
             with warnings.catch_warnings():
@@ -361,13 +365,13 @@ class Runtime:
     def tail(self, acts: Tensor, carry: Any, index: Tensor | None = None) -> Tensor:
         """Logits from (possibly modified) target-layer activations, float32."""
         with torch.inference_mode(), self.autocast():
-            return self.split.tail(acts, carry, index).float()
+            return as_float(self.split.tail(acts, carry, index))
 
     def forward(self, x: Tensor) -> Tensor:
         """Full-model logits of a batch, float32."""
         with torch.inference_mode(), self.autocast():
             if x.dim() != 4:
-                return self.model(x).float()
+                return as_float(self.model(x))
             if self._mode is None:  # first full forward of this engine call
                 self._mode = self._last = self._choose()
             mode = self._mode
@@ -375,7 +379,7 @@ class Runtime:
             if mode.failed:
                 self.failed.add(mode.name)
                 self._mode = self._kept = None
-            return out.float()
+            return as_float(out)
 
     @property
     def forward_mode(self) -> ForwardMode | None:
@@ -444,6 +448,19 @@ class Runtime:
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
+
+
+def as_float(output: Any) -> Any:
+    """The model's output with floating tensors as float32: a tensor, or the tensors inside a
+    dict (segmenters, Hugging Face outputs), list or tuple (detectors); integer tensors (labels)
+    and everything else as they are."""
+    if isinstance(output, Tensor):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, dict):
+        return {k: as_float(v) for k, v in output.items()}
+    if isinstance(output, (list, tuple)) and not hasattr(output, "_fields"):
+        return type(output)(as_float(v) for v in output)
+    return output
 
 
 def _warn_fallback(what: str, exc: Exception, instead: str) -> None:

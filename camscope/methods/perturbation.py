@@ -58,8 +58,7 @@ def ablationcam(cap: Capture, rt: Runtime) -> Tensor:
     bar = _progress(sum(len(x) for x in live_per_view.values()), rt, "ablation-cam")
     for v, rows in cap.rows_by_view():
         live = live_per_view[v]
-        targets = cap.targets[rows]
-        base = cap.view_logits[v, targets]  # (m,)
+        base = cap.scores[rows]  # (m,) the targets' scores on the view
         index = torch.full((bs,), v, dtype=torch.long, device=acts.device)
         drops = torch.empty(len(live), len(rows), device=acts.device)
         # One buffer of copies of A per view; each chunk zeroes one channel per row and puts the
@@ -72,7 +71,7 @@ def ablationcam(cap: Capture, rt: Runtime) -> Tensor:
             buf[diag] = 0
             logits = rt.tail(buf[:n], cap.carry, index[:n])
             buf[diag] = acts[v, chunk]
-            drops[start : start + n] = logits[:, targets]
+            drops[start : start + n] = cap.score_matrix(logits, rows)
             bar.update(n)
         weights[rows[:, None], live[None, :]] = ((base[None, :] - drops) / base[None, :]).T
     bar.close()
@@ -83,14 +82,16 @@ def _masked_scores(
     rt: Runtime,
     image: Tensor,
     acts: Tensor,
-    targets: Tensor,
+    scorer,
     *,
     probabilities: bool,
     pgc_masks: bool = False,
     bar=None,
 ) -> Tensor:
-    """Scores of ``targets`` for ``image`` masked by each normalised, upsampled channel of acts.
+    """Scores of the targets for ``image`` masked by each normalised, upsampled channel of acts.
 
+    ``scorer(output, probability=)`` gives the targets' scores (n, n_targets) from the model's
+    output for n masked images (``Capture.score_matrix`` of the view's rows).
     Returns (n_channels, n_targets). Masks: min-max normalised bilinear upsampling of A_k
     (official Score-CAM: align_corners=False; ``pgc_masks``: pytorch-grad-cam's
     align_corners=True with its 1e-8 guard). Bilinear upsampling is linear, so channels whose
@@ -103,7 +104,7 @@ def _masked_scores(
     key = torch.round((flat - lo) / (hi - lo).clamp_min(1e-30) * 2**20)
     _, first, inverse = _unique_rows(key)
     distinct = acts[first]
-    out = torch.empty(len(first), len(targets), device=image.device)
+    out = None
     for rows in rt.forward_slices(len(first), FORWARD_BATCH, key=tuple(image.shape)):
         a = distinct[rows].float()
         up = F.interpolate(a[:, None], size=size, mode="bilinear", align_corners=pgc_masks)[:, 0]
@@ -112,14 +113,27 @@ def _masked_scores(
         hi_up = up_flat.max(dim=1).values[:, None, None]
         span = hi_up - lo_up + _PGC_EPS if pgc_masks else (hi_up - lo_up)
         masks = (up - lo_up) / span
-        logits = rt.forward(image[None] * masks[:, None])
-        scores = torch.softmax(logits, dim=1) if probabilities else logits
-        out[rows] = scores[:, targets]
+        scores = scorer(rt.forward(image[None] * masks[:, None]), probability=probabilities)
+        if out is None:
+            out = scores.new_empty(len(first), scores.shape[1])
+        out[rows] = scores
         if bar is not None:
             bar.update(a.shape[0])
     if bar is not None:
         bar.update(acts.shape[0] - len(first))
+    if out is None:  # no channel to mask
+        return torch.empty(0, scorer.n_targets, device=image.device)
     return out[inverse]
+
+
+def _scorer(cap: Capture, rows: Tensor):
+    """The targets' scores of ``rows`` on a batch of model outputs (``Capture.score_matrix``)."""
+
+    def score(output, probability: bool = False) -> Tensor:
+        return cap.score_matrix(output, rows, probability=probability)
+
+    score.n_targets = len(rows)  # type: ignore[attr-defined]
+    return score
 
 
 def _unique_rows(key: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -158,7 +172,7 @@ def scorecam(cap: Capture, rt: Runtime) -> Tensor:
     for v, rows in cap.rows_by_view():
         idx = live[v]
         scores = _masked_scores(
-            rt, cap.views[v], acts[v, idx], cap.targets[rows], probabilities=True, bar=bar
+            rt, cap.views[v], acts[v, idx], _scorer(cap, rows), probabilities=True, bar=bar
         )
         weights[rows[:, None], idx[None, :]] = scores.T
     bar.close()
@@ -187,12 +201,11 @@ def scorecam_logit_softmax(cap: Capture, rt: Runtime) -> Tensor:
     live = {v: _nonconstant(acts[v]) for v, _ in cap.rows_by_view()}
     bar = _progress(sum(len(x) + 1 for x in live.values()), rt, "score-cam")
     for v, rows in cap.rows_by_view():
-        targets = cap.targets[rows]
         idx = live[v]
         live_scores = _masked_scores(
-            rt, cap.views[v], acts[v, idx], targets, probabilities=False, pgc_masks=True, bar=bar
+            rt, cap.views[v], acts[v, idx], _scorer(cap, rows), probabilities=False, pgc_masks=True, bar=bar
         )
-        zero_scores = rt.forward(torch.zeros_like(cap.views[v : v + 1]))[0, targets]
+        zero_scores = cap.score_matrix(rt.forward(torch.zeros_like(cap.views[v : v + 1])), rows)[0]
         bar.update(1)
         s = zero_scores[:, None].expand(len(rows), n_ch).clone()
         s[:, idx] = live_scores.T

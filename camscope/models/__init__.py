@@ -144,16 +144,23 @@ def load_spec(spec: ModelSpec, device: str | torch.device = "cpu", *, progress: 
 
         loaded = load_imported(spec, device)
     else:
-        from camscope.models.torchvision_source import load_torchvision
+        from camscope.models.torchvision_tasks import load_task_model, model_task
 
-        loaded = load_torchvision(spec, device, progress)
+        if model_task(spec.name) is not None:  # segmenters and detectors
+            loaded = load_task_model(spec, device, progress)
+        else:
+            from camscope.models.torchvision_source import load_torchvision
+
+            loaded = load_torchvision(spec, device, progress)
     input_size, mean, std = spec.input_size, spec.mean, spec.std
     size = parse_input_size(input_size)
     m = parse_channels(mean, "--mean") if mean is not None else None
     s = parse_channels(std, "--std") if std is not None else None
     if size is not None or m is not None or s is not None:
         loaded.preprocess = loaded.preprocess.with_overrides(size, m, s)
-    if spec.labels:
+    if spec.labels and spec.labels.strip().lower() == "imagenet":  # the bundled ImageNet-1k names and WordNet ids
+        loaded.categories, loaded.wnids = imagenet_categories(), imagenet_wnids()
+    elif spec.labels:
         loaded.categories = load_class_names(spec.labels)
     return loaded
 

@@ -430,8 +430,17 @@ def plan_run(inputs: Sequence[str | Path], out: str | Path, opts: ExplainOptions
     rundir.check_writable()
     if loaded is None:
         loaded = opts.model_spec.load(device, progress=not opts.quiet)
+    elif opts.model_spec.labels and opts.model_spec.labels.strip().lower() == "imagenet":
+        from camscope.models import imagenet_categories, imagenet_wnids
+
+        loaded.categories, loaded.wnids = imagenet_categories(), imagenet_wnids()
     elif opts.model_spec.labels:
         loaded.categories = load_class_names(opts.model_spec.labels)
+    task = loaded.info.get("task") if isinstance(getattr(loaded, "info", None), dict) else None
+    if task in ("segment", "detect"):
+        raise UsageError(f"{loaded.name} is a {'segmentation' if task == 'segment' else 'detection'} model: the "
+                         f"command line explains classifiers only so far; use camscope.explain(model, photos, "
+                         f"task={task!r}) from Python")
     if opts.layer:
         _check_layer(loaded, opts.layer, opts.reshape)
     engine = build_engine(opts, loaded, opts.layer)
