@@ -409,3 +409,28 @@ def test_random_baseline_is_reproducible_and_uninformative(tiny_cnn, images) -> 
     r = big.flatten()
     corr = float(torch.corrcoef(torch.stack([s, r]))[0, 1])
     assert abs(corr) < 0.1
+
+
+# ------------------------------------------------------------------ drawing pixel-level maps
+
+
+def test_pixel_level_maps_are_drawn_as_pixels() -> None:
+    """A pixel-level overlay leaves the photo where the map is 0 and shows a single pixel at
+    full colour; the figure's panels follow the registry."""
+    from PIL import Image
+
+    from camscope.pipeline import figure_rows
+    from camscope.render import colorize, overlay
+    from camscope.smoothing import Smoothing
+
+    photo = Image.fromarray(np.full((20, 20, 3), 90, dtype=np.uint8))
+    sal = np.zeros((20, 20), dtype=np.float32)
+    sal[5, 7] = 1.0
+    out = np.asarray(overlay(photo, sal, alpha=0.5, pixel_level=True))
+    assert (out[0, 0] == 90).all() and (out[19, 19] == 90).all()
+    np.testing.assert_array_equal(out[5, 7], colorize(np.ones((1, 1)))[0, 0])
+    plain = np.asarray(overlay(photo, sal, alpha=0.5))
+    assert not (plain[0, 0] == 90).all()  # the usual overlay washes every pixel
+    maps = {"gradcam": np.zeros((1, 4, 4)), "guidedbackprop": np.zeros((1, 4, 4))}
+    rows = figure_rows(maps, 0, ["gradcam", "guidedbackprop"], [Smoothing.of(())], "x")
+    assert [p.pixel_level for p in rows[0]] == [False, True]
