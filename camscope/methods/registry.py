@@ -118,9 +118,11 @@ def methods_markdown() -> str:
         "|---|---|---|---|---|",
     ]
     for s in METHODS.values():
-        if s.needs_gradients:
+        if s.forward_passes != "0":
+            passes = s.forward_passes
+        elif s.needs_gradients:
             passes = "1 fwd + 1 bwd to layer"
         else:
-            passes = "1 fwd" if s.forward_passes == "0" else s.forward_passes
+            passes = "1 fwd"
         lines.append(f"| `{s.name}` | {s.title} | [{s.paper}]({s.url}) | {s.equation} | {passes} |")
     return "\n".join(lines)
