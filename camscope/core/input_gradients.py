@@ -183,7 +183,13 @@ def tail_gradients(
         slots[j].append(r)
     grads = torch.empty((len(views), *acts.shape[1:]), dtype=acts.dtype, device=acts.device)
     hvps = torch.empty_like(grads) if hessian_product else None
-    with torch.enable_grad():
+    # Fused attention kernels have no double backward: the math one for the Hessian product.
+    math_attention = contextlib.nullcontext()
+    if hessian_product:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        math_attention = sdpa_kernel([SDPBackend.MATH])
+    with torch.enable_grad(), math_attention:
         a = acts.detach().clone().requires_grad_(True)
         logits = split.tail(a, carry, None)  # type: ignore[attr-defined]
         for j, rows in enumerate(slots):
