@@ -111,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import quantus
-    from camscope.core.engine import CamEngine
     from torchvision.models import resnet50
 
     import camscope.metrics  # noqa: F401  (registers the metrics)
+    from camscope.engine import CamEngine
     from camscope.metrics.inputs import MetricInputs
     from camscope.metrics.registry import METRICS
 

@@ -369,6 +369,18 @@ REFERENCE_WEIGHTS: dict[str, str] = {
 }
 
 
+#: Catalogue methods without a naive reference here: where they are checked instead (against
+#: pytorch-grad-cam / torch-cam on the same model, layer and target, and against hand formulas).
+CATALOGUE_TESTED: dict[str, str] = {
+    m: "tests/methods/test_catalogue.py, tests/methods/test_methods.py"
+    for m in (
+        "gradcam-elementwise", "shapleycam", "finercam", "smoothgradcampp", "eigengradcam", "kpcacam",
+        "sscam", "iscam", "guidedbackprop", "guidedgradcam", "fullgrad", "layercam-fusion", "refinecam",
+        "random",
+    )
+}
+
+
 def reference_weights(
     method: str,
     model: nn.Module,

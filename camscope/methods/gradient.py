@@ -40,10 +40,14 @@ def gradcampp(cap: Capture, rt: Runtime) -> Tensor:
     With y = exp(S), the second and third derivatives are powers of the first, so
     alpha_kij = g^2 / (2 g^2 + sum_ab A_kab g^3); alpha is 0 where the gradient is 0.
     """
-    g = cap.gradients
-    a = cap.activations
+    return gradcampp_weights(cap.gradients, cap.activations)
+
+
+def gradcampp_weights(g: Tensor, a: Tensor, eps: float = 0.0) -> Tensor:
+    """Grad-CAM++ channel weights (R,K) from gradients and activations (R,K,h,w); ``eps`` is
+    added to alpha's denominator (pytorch-grad-cam: 1e-6)."""
     g2 = g * g
-    denom = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g2 * g
+    denom = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g2 * g + eps
     alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), 0)
     return (alpha * torch.relu(g)).sum(dim=(2, 3))
 

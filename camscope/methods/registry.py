@@ -34,6 +34,9 @@ class MethodSpec:
 
     ``applies_to(model)`` returns None when the method can explain ``model``, else the one-line
     reason it cannot (e.g. "needs attention blocks"); None (the default) means every model.
+
+    ``pixel_level``: the maps have detail down to single pixels (from the input gradient); they
+    are drawn without the overlay's smoothing colour wash (``render.overlay(pixel_level=True)``).
     """
 
     name: str
@@ -48,6 +51,7 @@ class MethodSpec:
     aliases: tuple[str, ...] = ()
     output: str = "weights"
     applies_to: Callable[[Any], str | None] | None = None
+    pixel_level: bool = False
 
     def refusal(self, model: Any) -> str | None:
         """Why this method cannot explain ``model`` (one line), or None when it can."""
@@ -71,6 +75,7 @@ def register(
     aliases: tuple[str, ...] = (),
     output: str = "weights",
     applies_to: Callable[[Any], str | None] | None = None,
+    pixel_level: bool = False,
 ) -> Callable[[WeightFn], WeightFn]:
     """Decorator registering a weight function under ``name``."""
     if reduce not in ("sum", "pca"):
@@ -83,7 +88,7 @@ def register(
             raise ValueError(f"method {name!r} is registered twice")
         METHODS[name] = MethodSpec(
             name, title, fn, paper, url, equation, needs_gradients, forward_passes, reduce, aliases,
-            output, applies_to,
+            output, applies_to, pixel_level,
         )
         for alias in aliases:
             _ALIASES[alias] = name
@@ -113,9 +118,11 @@ def methods_markdown() -> str:
         "|---|---|---|---|---|",
     ]
     for s in METHODS.values():
-        if s.needs_gradients:
+        if s.forward_passes != "0":
+            passes = s.forward_passes
+        elif s.needs_gradients:
             passes = "1 fwd + 1 bwd to layer"
         else:
-            passes = "1 fwd" if s.forward_passes == "0" else s.forward_passes
+            passes = "1 fwd"
         lines.append(f"| `{s.name}` | {s.title} | [{s.paper}]({s.url}) | {s.equation} | {passes} |")
     return "\n".join(lines)

@@ -14,6 +14,10 @@ from PIL import Image
 __all__ = ["colorize", "overlay", "Panel", "comparison_figure", "new_figure", "figure_png", "png_bytes", "resize_map"]
 
 
+PIXEL_PERCENTILE = 99.0
+"""Pixel-level maps are drawn scaled by this percentile of their values (see :func:`overlay`)."""
+
+
 def colorize(saliency: np.ndarray, colormap: str = "jet") -> np.ndarray:
     """(H,W) map in [0,1] -> (H,W,3) uint8 RGB through a matplotlib colour map."""
     import matplotlib
@@ -50,14 +54,27 @@ def overlay(
     alpha: float = 0.5,
     colormap: str = "jet",
     max_side: int | None = 1024,
+    pixel_level: bool = False,
 ) -> Image.Image:
     """Blend the colour-mapped map over the photo: ``(1 - alpha) * photo + alpha * heat``.
 
     The map is resized bilinearly to the photo (capped at ``max_side`` pixels on its long side).
+    ``pixel_level`` (maps from the input gradient): a map whose mass sits in a few pixels would
+    vanish in a uniform colour wash, so it is scaled by its 99th percentile (clipped at 1) and
+    blended in proportion to its value: the photo shows where the map is 0 (cf. SmoothGrad's
+    and captum's outlier clipping).
     """
     photo = _limit(photo.convert("RGB"), max_side)
-    heat = colorize(resize_map(saliency, photo.size), colormap).astype(np.float32)
+    sal = resize_map(saliency, photo.size)
     base = np.asarray(photo, dtype=np.float32)
+    if pixel_level:
+        top = float(np.percentile(sal, PIXEL_PERCENTILE)) if sal.size else 0.0
+        sal = np.clip(sal / top, 0.0, 1.0) if top > 0 else sal
+        heat = colorize(sal, colormap).astype(np.float32)
+        a = (alpha * 2.0 * sal)[..., None].clip(0.0, 1.0)  # full weight from half the scale up
+        out = (1.0 - a) * base + a * heat
+        return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+    heat = colorize(sal, colormap).astype(np.float32)
     out = (1.0 - alpha) * base + alpha * heat
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
 
@@ -68,6 +85,7 @@ class Panel:
 
     title: str
     saliency: np.ndarray | None = None
+    pixel_level: bool = False
 
 
 def comparison_figure(
@@ -99,7 +117,8 @@ def comparison_figure(
             if c - 1 < len(row):
                 panel = row[c - 1]
                 img = photo if panel.saliency is None else overlay(
-                    photo, panel.saliency, alpha=alpha, colormap=colormap, max_side=None
+                    photo, panel.saliency, alpha=alpha, colormap=colormap, max_side=None,
+                    pixel_level=panel.pixel_level,
                 )
                 ax.imshow(img)
                 ax.set_title(panel.title, fontsize=8)

@@ -290,6 +290,7 @@ def write_image(
 ) -> ImageRecord:
     """Write one image's maps, overlays and comparison figures (those of ``opts.outputs``);
     return its manifest record."""
+    from camscope.methods import get_method
     from camscope.render.draw import comparison_figure, figure_png, overlay, png_bytes
 
     photo = loaded.preprocess.frame(explained.photo)
@@ -311,7 +312,8 @@ def write_image(
                 if "maps" in opts.outputs:
                     rundir.write_map(npy, sal)
                 if "overlays" in opts.outputs:
-                    rundir.write_png(png, png_bytes(overlay(photo, sal, alpha=opts.alpha, colormap=opts.colormap)))
+                    pixel = get_method(m).pixel_level
+                    rundir.write_png(png, png_bytes(overlay(photo, sal, alpha=opts.alpha, colormap=opts.colormap, pixel_level=pixel)))
                 listed = [f for f, kind in ((png, "overlays"), (npy, "maps")) if kind in opts.outputs]
                 files.setdefault(name, []).extend(listed)
         if "figures" in opts.outputs:
@@ -348,7 +350,10 @@ def figure_rows(
     for variant in variants:
         suffix = f" +{smoothing_label(variant.parts)}" if variant.parts else ""
         rows.append([
-            Panel(f"{get_method(m).title}{suffix}\n{label}", maps[variant_name(m, variant.parts)][rank])
+            Panel(
+                f"{get_method(m).title}{suffix}\n{label}", maps[variant_name(m, variant.parts)][rank],
+                pixel_level=get_method(m).pixel_level,
+            )
             for m in methods
         ])
     return rows

@@ -161,14 +161,155 @@ def hand_weights(method: str, x: np.ndarray, v: np.ndarray, pool: int, c: int) -
             [np_logits(x * minmax(upsample(a[k], size, True), 1e-8), v, pool)[c] for k in range(K)]
         )
         return np_softmax(scores)
+    if method == "gradcam-elementwise":
+        return g * (g * a > 0)
+    if method == "eigengradcam":
+        return g
+    if method == "smoothgradcampp":  # linear model: the noisy gradients all equal g
+        return hand_weights("gradcampp", x, v, pool, c)
+    if method == "shapleycam":
+        return (rest_gradient(x, v, pool, c) - 0.5 * rest_hvp(x, v, pool, c)).mean(axis=(1, 2))
+    if method == "finercam":
+        return finer_gradient(x, v, pool, c).mean(axis=(1, 2))
+    if method == "iscam":
+        return score_family_weights(x, v, pool, c, integrated=True)
+    if method == "sscam":
+        return score_family_weights(x, v, pool, c, integrated=False)
     raise KeyError(method)
 
 
+# ------------------------------------------------------------------ catalogue methods (by hand)
+
+
+def rest_gradient(x: np.ndarray, v: np.ndarray, pool: int, c: int) -> np.ndarray:
+    """d/dA of the ReST score 2 y_c - logsumexp(y): 2 V_c - sum_j p_j V_j."""
+    p = np_softmax(np_logits(x, v, pool))
+    return 2 * v[c] - np.einsum("j,jkhw->khw", p, v)
+
+
+def rest_hvp(x: np.ndarray, v: np.ndarray, pool: int, c: int) -> np.ndarray:
+    """H A with H = -(sum_j p_j V_j V_j^T - m m^T), m = sum_j p_j V_j (the Hessian of -lse)."""
+    a = np_acts(x, pool)
+    p = np_softmax(np_logits(x, v, pool))
+    m = np.einsum("j,jkhw->khw", p, v)
+    va = np.einsum("jkhw,khw->j", v, a)
+    return -(np.einsum("j,jkhw->khw", p * va, v) - m * (m * a).sum())
+
+
+def finer_gradient(x: np.ndarray, v: np.ndarray, pool: int, c: int) -> np.ndarray:
+    """d/dA of s = sum_J p_j (y_c - y_j) / (sum_J p_j + 1e-9), J: the (at most 3) other classes
+    with the nearest logits, through the softmax too (dp_j/dy_i = p_j (d_ij - p_i))."""
+    y = np_logits(x, v, pool)
+    p = np_softmax(y)
+    dist = np.abs(y - y[c])
+    dist[c] = np.inf
+    refs = list(np.argsort(dist, kind="stable")[: min(3, len(y) - 1)])
+    jac = np.diag(p) - np.outer(p, p)  # jac[j, i] = dp_j / dy_i
+    num = sum(p[j] * (y[c] - y[j]) for j in refs)
+    den = sum(p[j] for j in refs) + 1e-9
+    eye = np.eye(len(y))
+    dnum = sum(jac[j] * (y[c] - y[j]) + p[j] * (eye[c] - eye[j]) for j in refs)
+    dden = sum(jac[j] for j in refs)
+    ds_dy = (dnum * den - num * dden) / den**2
+    return np.einsum("i,ikhw->khw", ds_dy, v)
+
+
+def unit_masks(a: np.ndarray, size: int) -> np.ndarray:
+    """torch-cam's masks: min-max (1e-8 guard) at the layer's resolution, then upsampled."""
+    out = []
+    for ak in a:
+        m = ak - ak.min()
+        out.append(upsample(m / (m.max() + 1e-8), size))
+    return np.stack(out)
+
+
+def score_family_weights(x: np.ndarray, v: np.ndarray, pool: int, c: int, *, integrated: bool) -> np.ndarray:
+    """softmax_k of the mean increase of y_c over N variations of X * M_k: IS-CAM scales the
+    masked input by sum_{j<=i} j/N; SS-CAM adds N(0, 2^2) noise to the masks (the generator
+    seeded with 0 for each image, one (K,H,W) draw per sample)."""
+    from camscope.methods import score_family as sf
+
+    size = x.shape[-1]
+    masks = unit_masks(np_acts(x, pool), size)
+    base = np_logits(x, v, pool)[c]
+    acc = np.zeros(K)
+    if integrated:
+        coeff = 0.0
+        for i in range(sf.IS_STEPS):
+            coeff += (i + 1) / sf.IS_STEPS
+            acc += [np_logits(coeff * (x * masks[k]), v, pool)[c] - base for k in range(K)]
+        return np_softmax(acc / sf.IS_STEPS)
+    gen = torch.Generator().manual_seed(sf.SEED)
+    for _ in range(sf.SS_SAMPLES):
+        noise = torch.normal(0.0, sf.SS_STD, size=masks.shape, generator=gen).double().numpy()
+        acc += [np_logits(x * (masks[k] + noise[k]), v, pool)[c] - base for k in range(K)]
+    return np_softmax(acc / sf.SS_SAMPLES)
+
+
+def input_gradient(v: np.ndarray, pool: int, c: int) -> np.ndarray:
+    """dy_c/dx (3,H,W): the model is linear (no ReLU, so guided = plain): M^T V_c, spread over
+    each pooling window (average pooling's backward: 1/pool^2 per pixel)."""
+    g = np.einsum("kc,khw->chw", M_HEAD, v[c]) / pool**2
+    return np.repeat(np.repeat(g, pool, axis=1), pool, axis=2)
+
+
+def psi(t: np.ndarray) -> np.ndarray:
+    """FullGrad's psi per channel: |t| min-max scaled with pytorch-grad-cam's 1e-7 guard."""
+    t = np.abs(t)
+    t = t - t.min(axis=(-2, -1), keepdims=True)
+    return t / (t.max(axis=(-2, -1), keepdims=True) + 1e-7)
+
+
+def hand_raw_map(method: str, x: np.ndarray, v: np.ndarray, pool: int, c: int) -> np.ndarray:
+    """The raw map (before ReLU / upsampling / normalisation) of an ``output="map"`` method."""
+    a = np_acts(x, pool)
+    size = x.shape[-1]
+    if method == "kpcacam":
+        flat = a.reshape(K, -1).T
+        flat = flat - flat.mean(axis=0)
+        n = flat.shape[0]
+        kern = np.tanh(flat @ flat.T / K + 1.0)
+        one = np.full((n, n), 1.0 / n)
+        kc = kern - one @ kern - kern @ one + one @ kern @ one
+        evals, evecs = np.linalg.eigh(kc)
+        proj = evecs[:, -1] * np.sqrt(max(evals[-1], 0))
+        ref = a.sum(axis=0).ravel()
+        return (proj if proj @ (ref - ref.mean()) >= 0 else -proj).reshape(a.shape[1:])
+    if method == "guidedbackprop":
+        return np.abs(input_gradient(v, pool, c)).max(axis=0)
+    if method == "guidedgradcam":
+        return hand_map("gradcam", x, v, pool, c) * hand_raw_map("guidedbackprop", x, v, pool, c)
+    if method == "fullgrad":  # the tail's bias map is 1x1: psi of it is 0
+        return psi(input_gradient(v, pool, c) * x).sum(axis=0)
+    if method == "layercam-fusion":  # one stage (the model has no earlier one)
+        m = np.maximum((np.maximum(v[c], 0) * a).sum(axis=0), 0)
+        m = m - m.min()
+        return np.tanh(2.0 * m / (m.max() + 1e-8))
+    if method == "refinecam":  # one stage: Grad-CAM++, [0,1], upsampled, [0,1] again
+        w = hand_weights("gradcampp", x, v, pool, c)
+        m = np.maximum((w[:, None, None] * a).sum(axis=0), 0)
+        m = upsample((m - m.min()) / (m.max() - m.min() + 1e-7), size)
+        return (m - m.min()) / (m.max() - m.min() + 1e-7)
+    raise KeyError(method)
+
+
+#: Registered methods without a hand formula here, and where they are tested instead.
+NO_HAND_FORMULA = {"random": "tests/methods/test_catalogue.py::test_random_baseline_is_reproducible_and_uninformative"}
+PCA_METHODS = ("eigencam", "eigengradcam")
+#: Maps that are legitimately constant (blank) on the "gap" model: the input gradient does not
+#: vary over positions there.
+BLANK_ON_GAP = ("guidedbackprop",)
+#: Scores compared with other classes (Finer-CAM) or with the cross-entropy (Shapley-CAM's ReST).
+CONTRAST_METHODS = ("finercam", "shapleycam")
+
+
 def hand_map(method: str, x: np.ndarray, v: np.ndarray, pool: int, c: int, eigen: bool = False) -> np.ndarray:
+    if get_method(method).output == "map":
+        return minmax_or_zero(upsample(np.maximum(hand_raw_map(method, x, v, pool, c), 0), x.shape[-1]))
     a = np_acts(x, pool)
     w = hand_weights(method, x, v, pool, c)
     wa = (w[:, None, None] if w.ndim == 1 else w) * a
-    if method == "eigencam" or eigen:
+    if method in PCA_METHODS or eigen:
         flat = wa.reshape(K, -1).T  # (hw, K)
         flat = flat - flat.mean(axis=0)
         _, _, vt = np.linalg.svd(flat, full_matrices=False)
@@ -178,6 +319,12 @@ def hand_map(method: str, x: np.ndarray, v: np.ndarray, pool: int, c: int, eigen
     else:
         sal = wa.sum(axis=0)
     return minmax(upsample(np.maximum(sal, 0), x.shape[-1]))
+
+
+def minmax_or_zero(m: np.ndarray) -> np.ndarray:
+    """Min-max to [0,1]; a map whose range is rounding noise is blank (as camscope's)."""
+    span = m.max() - m.min()
+    return (m - m.min()) / span if span > 1e-6 * np.abs(m).max() else np.zeros_like(m)
 
 
 def _setup(kind: str, pool: int):
@@ -196,12 +343,20 @@ def test_registry_methods_all_have_hand_formulas() -> None:
     """A newly registered method must get a hand formula here (the registry feeds the tests)."""
     x = hand_inputs(1)
     for name in method_names():
-        hand_weights(name, x[0], tail_weights("gap"), 1, 0)  # KeyError for a missing one
+        if name in NO_HAND_FORMULA:
+            continue
+        if get_method(name).output == "map":
+            hand_raw_map(name, x[0], tail_weights("gap"), 1, 0)  # KeyError for a missing one
+        else:
+            hand_weights(name, x[0], tail_weights("gap"), 1, 0)
+
+
+HAND_METHODS = [m for m in method_names() if m not in NO_HAND_FORMULA]
 
 
 @pytest.mark.parametrize("allow_trace", [True, False], ids=["traced", "hooks"])
 @pytest.mark.parametrize("kind,pool", CASES)
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", HAND_METHODS)
 def test_maps_equal_hand_computation(method: str, kind: str, pool: int, allow_trace: bool) -> None:
     v, x, model, xt = _setup(kind, pool)
     engine = CamEngine(model, "head", methods=[method], speed=SpeedSettings(batch_size=3), allow_trace=allow_trace)
@@ -209,15 +364,23 @@ def test_maps_equal_hand_computation(method: str, kind: str, pool: int, allow_tr
     maps = res.maps[method]
     assert maps.shape == (2, 3, *xt.shape[-2:]) and maps.dtype == torch.float32
     assert res.targets.tolist() == [[0, 1, 2]] * 2
+    blank = 0
     for i in range(2):
         for c in range(C):
-            expected = hand_map(method, x[i], v, pool, c)
-            assert expected.max() == pytest.approx(1.0)  # the hand map is not degenerate
+            expected = np.nan_to_num(hand_map(method, x[i], v, pool, c))
+            if expected.max() != pytest.approx(1.0):  # a blank map (ReLU of a negative map)
+                blank += 1
             np.testing.assert_allclose(maps[i, c].numpy(), expected, atol=1e-5, rtol=0)
+    if method in BLANK_ON_GAP and kind == "gap":
+        assert blank == 2 * C
+    elif method in CONTRAST_METHODS:  # a contrast can be negative everywhere for some classes
+        assert blank <= C
+    else:
+        assert blank == 0  # the hand maps are not degenerate
 
 
 @pytest.mark.parametrize("kind,pool", CASES)
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", HAND_METHODS)
 def test_weights_equal_hand_computation(method: str, kind: str, pool: int) -> None:
     """The weights themselves (not only the normalised maps) equal the hand formulas."""
     v, x, model, xt = _setup(kind, pool)
@@ -228,7 +391,11 @@ def test_weights_equal_hand_computation(method: str, kind: str, pool: int) -> No
     w = spec.fn(cap, Runtime(model, split, speed=SpeedSettings(batch_size=3))).double().numpy()
     rows = [(i, c) for i in range(2) for c in targets[i]]
     for r, (i, c) in enumerate(rows):
-        np.testing.assert_allclose(w[r], hand_weights(method, x[i], v, pool, c), rtol=1e-5, atol=1e-6)
+        if spec.output == "map":  # the raw map (before ReLU, upsampling, normalisation)
+            expected = hand_raw_map(method, x[i], v, pool, c)
+            np.testing.assert_allclose(w[r], expected, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(expected).max()))
+        else:
+            np.testing.assert_allclose(w[r], hand_weights(method, x[i], v, pool, c), rtol=1e-5, atol=1e-6)
 
 
 def test_constant_and_dead_channels() -> None:

@@ -173,6 +173,12 @@ def test_tail_equals_model(name: str) -> None:
     assert all(not m._forward_hooks for m in model.modules())
 
 
+#: IS-CAM's weights are a softmax (all positive) over channels of signed (norm) activations: on
+#: the random ConvNeXt, the first image's map is negative everywhere, so blank after the ReLU;
+#: torch-cam's ISCAM gives the same blank map for it.
+BLANK_OK = {("timm_convnext", "iscam")}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_every_method_gives_finite_nonconstant_maps(name: str) -> None:
     case, model = CASES[name], _model(name)
@@ -183,6 +189,9 @@ def test_every_method_gives_finite_nonconstant_maps(name: str) -> None:
         assert maps.shape == (2, 1, case.size, case.size), method
         assert torch.isfinite(maps).all(), method
         flat = maps.flatten(1)
+        if (name, method) in BLANK_OK:  # blank (all 0) is the right answer there, not a bug
+            assert bool((flat.amax(1) > flat.amin(1)).any()), f"{name} {method}: every map blank"
+            continue
         assert bool((flat.amax(1) > flat.amin(1)).all()), f"{name} {method}: a constant map"
 
 
