@@ -20,6 +20,24 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 N_SCENES = 100
 MIN_POINTING = 0.9
+#: Methods held to another floor on the CNN: the committed model's own rate less 8 points.
+#: Pixel-level maps (input gradients) peak on edges and texture as well as on the object;
+#: RefineCAM/Layer-CAM fusion add earlier, less class-specific stages.
+OTHER_FLOORS: dict[str, float] = {}
+#: The negative control: a random map must not localise.
+CONTROLS = ("random",)
+#: Tens of thousands of full forwards per 100 scenes (35 K / 10 K per image): slow tests only.
+SLOW = ("sscam", "iscam")
+
+
+def _floor_params() -> list:
+    out = []
+    for m in method_names():
+        if m in CONTROLS:
+            continue
+        marks = [pytest.mark.slow] if m in SLOW else []
+        out.append(pytest.param(m, marks=marks, id=m))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +55,7 @@ def test_model_learned_the_task(model, held_out) -> None:
     assert S.evaluate(model, held_out) >= 0.9
 
 
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", _floor_params())
 def test_method_points_inside_the_object(model, held_out, method, record_property) -> None:
     x = S.normalize(held_out.images)
     engine = CamEngine(model, S.TARGET_LAYER, methods=[method], speed=SpeedSettings(batch_size=64))
@@ -47,7 +65,15 @@ def test_method_points_inside_the_object(model, held_out, method, record_propert
     hits = S.cam_points_inside(maps, held_out.masks)
     rate = float(hits.float().mean())
     record_property("pointing_rate", rate)
-    assert rate >= MIN_POINTING, f"{method}: maximum inside the shape in {rate:.0%} of {N_SCENES} scenes"
+    floor = OTHER_FLOORS.get(method, MIN_POINTING)
+    assert rate >= floor, f"{method}: maximum inside the shape in {rate:.0%} of {N_SCENES} scenes"
+
+
+@pytest.mark.parametrize("method", CONTROLS)
+def test_the_control_does_not_localise(model, held_out, method) -> None:
+    x = S.normalize(held_out.images)
+    res = CamEngine(model, S.TARGET_LAYER, methods=[method])(x, targets=[[int(c)] for c in held_out.labels])
+    assert float(S.cam_points_inside(res.maps[method][:, 0], held_out.masks).float().mean()) < 0.15
 
 
 def test_pointing_game_is_not_trivial(held_out) -> None:

@@ -23,7 +23,7 @@ import torch
 from camscope.core.layers import default_layer
 from camscope.core.runtime import SpeedSettings
 from camscope.engine import CamEngine
-from camscope.methods.registry import method_names
+from camscope.methods.registry import METHODS, method_names
 from camscope.studies import synthetic as S
 from camscope.studies import synthetic_vit as V
 from camscope.studies.benchmark import run_synthetic_benchmark, score_maps
@@ -47,6 +47,10 @@ MIN_POINTING = {
     "scorecam-logit-softmax": 0.62 - 0.08,
 }
 MIN_ENERGY_RATIO = 1.5
+#: Methods held to a floor here (every registered one that can explain the ViT, less the
+#: control and the slow ones).
+FLOORED = [m for m in method_names() if m not in ("random", "sscam", "iscam")
+           and METHODS[m].refusal(V.small_vit()) is None]
 
 
 #: Held-out accuracy every training seed reaches (seeds 0-5 measured: see docs/models.md).
@@ -65,7 +69,7 @@ def held_out():
 
 @pytest.fixture(scope="module")
 def maps(vit, held_out):
-    engine = CamEngine(vit, methods=method_names(), speed=SpeedSettings(batch_size=64), input_size=(64, 64))
+    engine = CamEngine(vit, methods=FLOORED, speed=SpeedSettings(batch_size=64), input_size=(64, 64))
     assert engine.layer == V.VIT_TARGET_LAYER
     res = engine(S.normalize(held_out.images), targets=[[int(c)] for c in held_out.labels])
     assert engine.reshape.describe() == "tokens:8x8:skip=1"
@@ -85,10 +89,12 @@ def test_training_reaches_its_accuracy(tmp_path) -> None:
 
 
 def test_registry_methods_all_have_floors() -> None:
-    assert set(MIN_POINTING) == set(method_names())
+    """Every method that can explain the ViT has a floor, except the random control and the
+    slow ones (SS-CAM, IS-CAM: 35 K / 10 K full forwards per image)."""
+    assert set(MIN_POINTING) == set(FLOORED)
 
 
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", FLOORED)
 def test_method_localises_on_the_vit(maps, held_out, method: str, record_property) -> None:
     hits, energy, area = score_maps(maps[method], held_out.masks)
     pointing, ratio = float(hits.mean()), float(energy.mean() / area.mean())
