@@ -41,6 +41,7 @@ from camscope.io.rundir import (
     smoothing_label,
     variant_name,
 )
+from camscope.render.draw import jpeg_thumbnail
 from camscope.reporting.evaluate import load_image_metrics
 from camscope.reporting.findings import best_variant, image_findings, run_findings
 from camscope.reporting.summary import (
@@ -117,11 +118,7 @@ class _Images:
 
             try:
                 with Image.open(io.BytesIO(data)) as im:
-                    im = im.convert("RGB")
-                    im.thumbnail((THUMB_SIDE, THUMB_SIDE))
-                    buf = io.BytesIO()
-                    im.save(buf, format="JPEG", quality=85)
-                    data, mime = buf.getvalue(), "image/jpeg"
+                    data, mime = jpeg_thumbnail(im, THUMB_SIDE, quality=85), "image/jpeg"
             except OSError:
                 return None
         elif path.suffix.lower() in (".jpg", ".jpeg"):
@@ -157,11 +154,7 @@ def _thumbnail(out: Path, rel: str, source: str | None, preprocess: Any) -> str 
         photo = None
     if photo is None:
         return target if (out / target).is_file() else None
-    im = preprocess.frame(photo).convert("RGB")
-    im.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=88)
-    _write_bytes(out / target, buf.getvalue())
+    _write_bytes(out / target, jpeg_thumbnail(preprocess.frame(photo), THUMB_SIDE, quality=88, resample=Image.Resampling.LANCZOS))
     return target
 
 
