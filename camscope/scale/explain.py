@@ -11,6 +11,7 @@ Only how the batches reach the workers differs from the local run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -141,10 +142,12 @@ def run_explain_ray(
             "opts": opts, "out": str(root), "layer": plan.layer, "target": plan.target, "k": plan.k,
             "device": res.device, "threads": res.cpus, "cwd": os.getcwd(),
         }  # fmt: skip
-        outcomes = _remote_batches(cluster, res, todo, opts.images_per_batch, worker)
-        finished = record_batches(
-            plan, opts, result, outcomes, ThrottledManifestWriter(plan.rundir, manifest, order), started=started
-        )
+        # closing(): the stream of batches ends (and Ray Data lets go) inside the Ray session,
+        # also when the driver is interrupted
+        with contextlib.closing(_remote_batches(cluster, res, todo, opts.images_per_batch, worker)) as outcomes:
+            finished = record_batches(
+                plan, opts, result, outcomes, ThrottledManifestWriter(plan.rundir, manifest, order), started=started
+            )
         if finished:
             # Every task has ended: what a killed worker left half-written is only a temporary file.
             cleanup_temp_files(plan.rundir.root)
