@@ -97,7 +97,7 @@ def build_run(out: Path, n: int, photos_from: Path | None, seed: int) -> tuple[P
     """Photos, explain, metrics, linked report; returns (run folder, seconds)."""
     from camscope.models import LoadedModel, Preprocess
     from camscope.reporting import evaluate_run, write_report
-    from camscope.run.explainer import ExplainOptions, run_explain
+    from camscope.run import ExplainOptions, run_explain
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)

@@ -183,7 +183,7 @@ def section_outputs(args: argparse.Namespace, tmp: Path) -> None:
     from camscope.io.images import load_image
     from camscope.io.rundir import OUTPUT_KINDS, RunDir
     from camscope.models import load_model
-    from camscope.run.explainer import Explained, ExplainOptions, PlannedImage, write_image
+    from camscope.run import Explained, ExplainOptions, PlannedImage, write_image
 
     methods = ["gradcam", "ablationcam", "layercam"]
     n = args.outputs_photos
@@ -206,7 +206,7 @@ def section_outputs(args: argparse.Namespace, tmp: Path) -> None:
         opts = ExplainOptions(model="resnet50", methods=methods, outputs=(kind,))
         t0 = time.perf_counter()
         for item, e in zip(items, explained, strict=True):
-            write_image(run, item, e, loaded, variants, methods, opts)
+            write_image(run, item, e, loaded, variants, methods, opts.outputs, alpha=opts.alpha, colormap=opts.colormap)
         seconds = (time.perf_counter() - t0) / n
         files = [p for p in run.root.rglob("*") if p.is_file()]
         size = sum(p.stat().st_size for p in files) / n

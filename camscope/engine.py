@@ -9,35 +9,39 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from camscope.core.capture import capture, model_state_guard
+from camscope.core.layers import canonical_layer_name, default_layer
 from camscope.core.postprocess import finalize, first_component, weighted_activations
-from camscope.core.reshape import Reshape
+from camscope.core.reshape import Reshape, model_input_size
 from camscope.core.runtime import Runtime, SpeedSettings
 from camscope.core.smoothing import Smoothing, expand_views, fold_views, parse_smoothing
-from camscope.io.rundir import variant_name
+from camscope.core.split import LayerSplit, split_model
+from camscope.errors import UsageError
 from camscope.methods.registry import METHODS, MethodSpec, get_method
+from camscope.models.common import LoadedModel
+from camscope.names import variant_name
 
-__all__ = ["CamEngine", "CamResult", "compute_cams", "concat_results"]
+__all__ = ["CamEngine", "CamMaps", "compute_cams", "concat_results", "speed_with_legacy"]
 
 logger = logging.getLogger(__name__)
 
+_M = TypeVar("_M", bound="CamMaps")
+
 
 @dataclass
-class CamResult:
-    """Maps and predictions for a batch of B images and k target classes each.
+class CamMaps:
+    """Maps and predictions for a batch of B images and k target classes each: tensors only.
 
-    In a notebook it shows itself as a grid (photo, one overlay per method and variant, the
-    explained class); :meth:`figure`, :meth:`overlay` and :meth:`save` give the CLI's comparison
-    figure, an overlay, and the CLI's run folder (rendering lives in :mod:`camscope.render.notebook`
-    and :mod:`camscope.run.explainer`, imported when used).
+    What :class:`CamEngine` returns. :class:`camscope.CamResult` (:mod:`camscope.api`) is the
+    same record with its views: the notebook grid, figures, overlays and ``save(DIR)``.
 
     Attributes:
         targets: (B,k) explained classes (-1 for a target without a class, and for the empty
@@ -73,7 +77,7 @@ class CamResult:
     photos: list[Any] | None = field(default=None, repr=False)
     names: list[str] | None = None
     sources: list[str | None] | None = None
-    model: Any = field(default=None, repr=False)
+    model: LoadedModel | None = field(default=None, repr=False)
     explained: list[list[Any]] | None = field(default=None, repr=False)
     scores: Tensor | None = field(default=None, repr=False)
     task: str | None = None
@@ -93,40 +97,10 @@ class CamResult:
         categories = getattr(self.model, "categories", None)
         return categories[index] if categories is not None and 0 <= index < len(categories) else f"class {index}"
 
-    def photo(self, i: int) -> Any:
-        """Image ``i`` as a PIL photo: the part of the photo the map covers, or the model input
-        itself (de-normalised) when no photo was given."""
-        from camscope.render.notebook import result_photo
-
-        return result_photo(self, i)
-
-    def overlay(self, i: int, method: str, *, rank: int = 0, alpha: float = 0.5, colormap: str = "jet") -> Any:
-        """The map of ``method`` (a variant name) for image ``i`` over its photo, as a PIL image."""
-        from camscope.render.draw import overlay
-
-        return overlay(self.photo(i), self.maps[method][i, rank].numpy(), alpha=alpha, colormap=colormap)
-
-    def figure(
-        self, i: int | None = None, methods: Sequence[str] | None = None, *, rank: int = 0,
-        alpha: float = 0.5, colormap: str = "jet",
-    ) -> Any:
-        """The comparison figure the CLI writes, for image ``i`` (default: the first), as a
-        matplotlib ``Figure``; ``methods`` limits it to some methods."""
-        from camscope.render.notebook import result_figure
-
-        return result_figure(self, 0 if i is None else i, methods, rank=rank, alpha=alpha, colormap=colormap)
-
-    def save(self, out: str | Path, *, alpha: float = 0.5, colormap: str = "jet", figures: bool = True, force: bool = False) -> Path:
-        """Write the run folder the CLI writes (overlays, ``.npy`` maps, figures, predictions,
-        manifest), so that ``camscope report DIR`` works on it; returns the folder."""
-        from camscope.run.explainer import save_result
-
-        return save_result(self, out, alpha=alpha, colormap=colormap, figures=figures, force=force)
-
-    def _repr_html_(self) -> str:
-        from camscope.render.notebook import result_html
-
-        return result_html(self)
+    @classmethod
+    def of(cls: type[_M], maps: CamMaps) -> _M:
+        """The same record as this class (no tensor is copied)."""
+        return maps if type(maps) is cls else cls(**{f.name: getattr(maps, f.name) for f in fields(maps)})
 
 
 class CamEngine:
@@ -155,12 +129,9 @@ class CamEngine:
         allow_trace: bool = True,
         reshape: str | Reshape = "auto",
         input_size: Sequence[int] | None = None,
+        **deprecated: Any,
     ) -> None:
-        from camscope.core.layers import canonical_layer_name, default_layer
-        from camscope.core.reshape import model_input_size
-        from camscope.core.split import split_model
-        from camscope.errors import UsageError
-
+        speed = speed_with_legacy(speed, deprecated, "CamEngine")
         self.model = model
         rs = Reshape.parse(reshape)
         if input_size is None:
@@ -172,7 +143,7 @@ class CamEngine:
                 self.layer = canonical_layer_name(model, layer)
             else:
                 self.layer = default_layer(model, input_size=tuple(input_size))
-            self.split = split_model(model, self.layer, allow_trace=allow_trace, reshape=rs)
+            self.split: LayerSplit = split_model(model, self.layer, allow_trace=allow_trace, reshape=rs)
         self.methods: list[MethodSpec] = [get_method(m) for m in methods]
         if not self.methods:
             raise UsageError("no method given")
@@ -205,7 +176,7 @@ class CamEngine:
 
     def __call__(
         self, images: Tensor, targets: Any = None, top_k: int | None = None, task: Any = None,
-    ) -> CamResult:
+    ) -> CamMaps:
         """Explain a batch of images (B,3,H,W).
 
         Args:
@@ -227,7 +198,7 @@ class CamEngine:
             finally:
                 self.runtime.end_call()
 
-    def _run(self, images: Tensor, targets: Any, top_k: int | None, task: Any) -> CamResult:
+    def _run(self, images: Tensor, targets: Any, top_k: int | None, task: Any) -> CamMaps:
         from camscope.targets import Task, resolve_targets
 
         b = images.shape[0]
@@ -289,7 +260,7 @@ class CamEngine:
                 name = variant_name(spec.name, variant.parts)
                 maps[name] = _variant_maps(spec, variant, weighted, tuple(images.shape[-2:])).cpu()
             seconds[spec.name] = time.perf_counter() - t0
-        return CamResult(
+        return CamMaps(
             result_targets.cpu(),
             probabilities.cpu(),
             maps,
@@ -306,7 +277,7 @@ class CamEngine:
         )
 
 
-def concat_results(parts: Sequence[CamResult]) -> CamResult:
+def concat_results(parts: Sequence[_M]) -> _M:
     """One result for the images of several engine calls of the same engine, in order."""
     first = parts[0]
     if len(parts) == 1:
@@ -328,7 +299,7 @@ def concat_results(parts: Sequence[CamResult]) -> CamResult:
     scores = None
     if all(p.scores is not None for p in parts):
         scores = torch.cat([pad(p.scores, float("nan")) for p in parts])
-    return CamResult(
+    return type(first)(
         torch.cat([pad(p.targets, -1) for p in parts]),
         torch.cat([p.probabilities for p in parts]),
         {name: torch.cat([pad(p.maps[name], 0.0) for p in parts]) for name in first.maps},
@@ -374,11 +345,38 @@ def compute_cams(
     reshape: str | Reshape = "auto",
     task: Any = None,
     allow_trace: bool = True,
-) -> CamResult:
+    **deprecated: Any,
+) -> CamMaps:
     """One-call convenience around :class:`CamEngine` for a batch of images (``targets``,
     ``top_k``, ``task``: see :meth:`CamEngine.__call__`)."""
     engine = CamEngine(
-        model, layer, methods=methods, smoothing=smoothing, normalization=normalization, speed=speed,
-        progress=progress, reshape=reshape, input_size=tuple(images.shape), allow_trace=allow_trace,
+        model, layer, methods=methods, smoothing=smoothing, normalization=normalization,
+        speed=speed_with_legacy(speed, deprecated, "compute_cams"), progress=progress, reshape=reshape,
+        input_size=tuple(images.shape), allow_trace=allow_trace,
     )
     return engine(images, targets, top_k, task)
+
+
+LEGACY_SPEED_ARGUMENTS = ("batch_size", "precision", "compile", "freeze", "channels_last")
+"""Keyword arguments of ``CamEngine``, ``compute_cams`` and ``explain`` before ``speed=``."""
+
+
+def speed_with_legacy(speed: SpeedSettings | None, deprecated: dict[str, Any], where: str) -> SpeedSettings | None:
+    """``speed``, or the :class:`SpeedSettings` that the removed keyword arguments
+    (``precision="bf16"``, ``batch_size=64``, ...) spell, with a ``DeprecationWarning`` naming the
+    new spelling. Any other keyword is the ``TypeError`` Python would raise."""
+    unknown = [k for k in deprecated if k not in LEGACY_SPEED_ARGUMENTS]
+    if unknown:
+        raise TypeError(f"{where}() got an unexpected keyword argument {unknown[0]!r}")
+    if not deprecated:
+        return speed
+    if speed is not None:
+        raise TypeError(f"{where}(): pass speed=SpeedSettings(...) or {', '.join(deprecated)}=, not both")
+    spelled = ", ".join(f"{k}={v!r}" for k, v in deprecated.items())
+    warnings.warn(
+        f"{where}({', '.join(f'{k}=' for k in deprecated)}) is deprecated and will be removed; "
+        f"pass speed=SpeedSettings({spelled}) instead",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return SpeedSettings(**deprecated)

@@ -26,3 +26,12 @@ class WeightsError(CamscopeError):
 
 class UnsafeCheckpointError(WeightsError):
     """A checkpoint needs arbitrary unpickling and was refused."""
+
+
+def first_line(exc: object, limit: int | None = None, *, default: str | None = None) -> str:
+    """The first line of an exception's message (``default``, else the exception's type name,
+    when it has none), cut to ``limit`` characters: the one place that shortens an exception for
+    a one-line report."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else (default if default is not None else type(exc).__name__)
+    return first if limit is None else first[:limit]

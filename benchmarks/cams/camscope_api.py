@@ -28,7 +28,7 @@ if len(sys.argv) > 1:
     rc = main(sys.argv[1:])
 else:
     import matplotlib.pyplot, torch, torchvision  # noqa
-    import camscope.cli, camscope.run.explainer, camscope.render.draw  # noqa
+    import camscope.cli, camscope.run, camscope.render.draw  # noqa
     rc = 0
 try:
     with open("/proc/self/status") as fh:

@@ -14,7 +14,7 @@ from camscope.core.smoothing import SMOOTHINGS
 from camscope.models import ModelSpec
 
 if TYPE_CHECKING:
-    from camscope.scale.ray_driver import RayOptions
+    from camscope.scale import RayOptions
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -180,7 +180,7 @@ def add_ray_args(p: argparse.ArgumentParser) -> None:
 
 
 def ray_from_args(args: argparse.Namespace) -> RayOptions | None:
-    """The :class:`~camscope.scale.ray_driver.RayOptions` of ``--ray``, or None for a local run
+    """The :class:`~camscope.scale.RayOptions` of ``--ray``, or None for a local run
     (where the other Ray options are refused)."""
     if getattr(args, "ray", None) is None:
         given = [f"--{name.replace('_', '-')}" for name in RAY_ARGS if getattr(args, name, None) is not None]
@@ -189,6 +189,6 @@ def ray_from_args(args: argparse.Namespace) -> RayOptions | None:
 
             raise UsageError(f"{', '.join(given)} only apply with --ray")
         return None
-    from camscope.scale.ray_driver import RayOptions
+    from camscope.scale import RayOptions
 
     return RayOptions(args.ray, args.workers, args.gpus_per_worker, args.cpus_per_worker)

@@ -21,7 +21,7 @@ from camscope.cli.args import (
 from camscope.cli.report import add_explain_report_args, measure_from_args
 
 if TYPE_CHECKING:
-    from camscope.run.explainer import ExplainOptions
+    from camscope.run import ExplainOptions
 
 __all__ = ["register", "options_from_args", "DEMO_PHOTOS"]
 
@@ -77,8 +77,8 @@ def register(subparsers: Any) -> None:
 
 def options_from_args(args: argparse.Namespace) -> ExplainOptions:
     """The explain options of the parsed command line: every option named like a field of
-    :class:`~camscope.run.explainer.ExplainOptions`, plus the model and the speed settings."""
-    from camscope.run.explainer import ExplainOptions
+    :class:`~camscope.run.ExplainOptions`, plus the model and the speed settings."""
+    from camscope.run import ExplainOptions
 
     given = {f.name for f in fields(ExplainOptions)} & vars(args).keys()
     kw = {name: getattr(args, name) for name in given}
@@ -89,7 +89,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from camscope.reporting import check_report_options
-    from camscope.run.explainer import run_explain
+    from camscope.run import run_explain
 
     if args.max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
         # Pillow refuses outright above twice its own limit; the user asked for more, explicitly.
@@ -103,11 +103,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
         raise UsageError("--report measures the .npy maps: keep maps in --outputs")
     if ray is not None:
-        from camscope.scale.ray_driver import held_session, import_ray, run_explain_ray
+        from camscope.scale import RayMeasurement, held_session, import_ray, run_explain_ray
 
         import_ray()  # a missing extra: one line, before anything else
         with held_session():  # one Ray session for the explain run and its report
-            return _finish(args, run_explain_ray(args.images, args.out, opts, ray), boxes, measure, ray)
+            return _finish(args, run_explain_ray(args.images, args.out, opts, ray), boxes, measure, RayMeasurement(ray))
     return _finish(args, run_explain(args.images, args.out, opts), boxes, measure, None)
 
 
@@ -147,7 +147,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         load_model,
         pick_device,
     )
-    from camscope.run.explainer import ExplainOptions, run_explain
+    from camscope.run import ExplainOptions, run_explain
 
     try:
         import skimage.data

@@ -15,8 +15,11 @@ def register(subparsers: Any) -> None:
     me.set_defaults(func=cmd_methods)
     mo = subparsers.add_parser("models", help="list the classifiers --model takes: torchvision's, and timm's when installed")
     mo.add_argument("pattern", nargs="?", help="only names matching this pattern, e.g. 'vit_*'")
-    mo.add_argument("--source", choices=("all", "torchvision", "timm"), default="all",
-                    help="torchvision, timm (as timm/NAME; needs camscope[timm]) or all (default)")
+    from camscope.models.registry import listing_sources
+
+    sources = listing_sources()
+    mo.add_argument("--source", choices=("all", *sources), default="all",
+                    help=f"{', '.join(sources)} (with its prefix, e.g. timm/NAME; timm needs camscope[timm]) or all (default)")
     mo.set_defaults(func=cmd_models)
 
 

@@ -127,9 +127,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     ray = ray_from_args(args)
     if ray is not None:
-        from camscope.scale.ray_driver import import_ray
+        from camscope.scale import RayMeasurement, import_ray
 
         import_ray()
+        ray = RayMeasurement(ray)
     RunDir(args.dir).load()  # no manifest: one line before anything else
     ev, files = build_report(
         args.dir,

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from camscope.core.capture import model_state_guard
+from camscope.core.reshape import Reshape, plausible_grid
 from camscope.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -289,8 +290,6 @@ def _map_hw(
 ) -> tuple[tuple[int, int], bool] | None:
     """(h, w) of the map the default reshape makes of ``out`` and whether that grid fits the
     input (one stride both ways); None when it makes none."""
-    from camscope.core.reshape import Reshape, plausible_grid
-
     if not isinstance(out, Tensor) or out.dim() not in (3, 4):
         return None
     try:
@@ -430,8 +429,6 @@ def check_spatial_layer(
     Raises UsageError if the layer does not exist, is never called, or its output cannot be
     turned into a map.
     """
-    from camscope.core.reshape import Reshape
-
     rs = Reshape.parse(reshape)
     name = canonical_layer_name(model, path)
     module = get_module(model, path)

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from camscope.core import batching
-from camscope.errors import UsageError
+from camscope.errors import UsageError, first_line
 
 __all__ = [
     "PRECISIONS",
@@ -465,8 +465,7 @@ def as_float(output: Any) -> Any:
 
 def _warn_fallback(what: str, exc: Exception, instead: str) -> None:
     """One warning line: what failed, the exception's type and first line, what runs instead."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    logger.warning("%s failed (%s: %s); %s", what, type(exc).__name__, first, instead)
+    logger.warning("%s failed (%s: %s); %s", what, type(exc).__name__, first_line(exc), instead)
 
 
 def _relative_error(out: Tensor, ref: Tensor) -> float:

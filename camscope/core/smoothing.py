@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from camscope.core.postprocess import normalize
 from camscope.errors import UsageError
 
 __all__ = ["SMOOTHINGS", "Augmentation", "AUGMENTATIONS", "Smoothing", "parse_smoothing", "expand_views", "fold_views"]
@@ -118,8 +119,6 @@ def expand_views(
 def fold_views(maps: Tensor, augmentations: Sequence[Augmentation]) -> Tensor:
     """(B,A,k,H,W) maps of the A views of each image -> (B,k,H,W): each view's map taken back
     to the original frame, averaged and normalised (one view: returned as it is)."""
-    from camscope.core.postprocess import normalize
-
     b, n, k, h, w = maps.shape
     if n == 1:
         return maps[:, 0]

@@ -27,6 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from camscope.errors import UsageError
+from camscope.io.atomic import atomic_write_bytes, atomic_write_text, cleanup_temp_files
+from camscope.names import (  # the names the run folder records (re-exported)
+    PYTHON_MODEL,
+    RANDOM_WEIGHTS,
+    is_random_weights,
+    parse_variant,
+    smoothing_label,
+    smoothing_parts,
+    variant_name,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -42,6 +52,7 @@ __all__ = [
     "RANDOM_WEIGHTS",
     "PYTHON_MODEL",
     "is_random_weights",
+    "BUILTIN_OUTPUT_KINDS",
     "OUTPUT_KINDS",
     "variant_name",
     "parse_variant",
@@ -70,47 +81,15 @@ METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"
 ASSETS = "report_assets"
 COMPLETE = "complete"
-RANDOM_WEIGHTS = "random (no weights)"
-"""The ``weights`` setting of a model without trained weights."""
-PYTHON_MODEL = "given as a Python object"
-"""The ``weights`` setting of a model passed from Python (it cannot be rebuilt by name)."""
 
-OUTPUT_KINDS: tuple[str, ...] = ("maps", "overlays", "figures")
-"""What an image can write (``--outputs``): ``.npy`` maps, overlay PNGs, comparison figures."""
+BUILTIN_OUTPUT_KINDS: tuple[str, ...] = ("maps", "overlays", "figures")
+"""The built-in output kinds: ``.npy`` maps and overlay PNGs (``<variant>/<stem>``, listed in a
+record's ``files``) and comparison figures (``figures/<stem>.png``, in ``figures``). Kinds
+registered in :mod:`camscope.run.outputs` besides these are listed per kind in ``outputs``."""
+OUTPUT_KINDS = BUILTIN_OUTPUT_KINDS
+"""Former name of :data:`BUILTIN_OUTPUT_KINDS`."""
 
 _WRITE_PROBE = ".camscope-write-test"
-
-
-def is_random_weights(weights: str) -> bool:
-    """Whether a ``weights`` description says the model had no trained weights."""
-    return weights.startswith("random")
-_SEP = "+"
-
-
-# --------------------------------------------------------------------------------------------
-# Names
-# --------------------------------------------------------------------------------------------
-
-
-def variant_name(method: str, smoothing: Sequence[str] = ()) -> str:
-    """Name of a method under a smoothing variant: ``gradcam``, ``gradcam+eigen+aug``."""
-    return _SEP.join([method, *smoothing])
-
-
-def parse_variant(name: str) -> tuple[str, tuple[str, ...]]:
-    """Inverse of :func:`variant_name`: ``"gradcam+eigen+aug"`` -> ``("gradcam", ("eigen", "aug"))``."""
-    method, *smoothing = name.split(_SEP)
-    return method, tuple(smoothing)
-
-
-def smoothing_label(smoothing: Sequence[str]) -> str:
-    """``("eigen", "aug")`` -> ``"eigen+aug"`` (``""`` for the plain variant)."""
-    return _SEP.join(smoothing)
-
-
-def smoothing_parts(label: str) -> tuple[str, ...]:
-    """Inverse of :func:`smoothing_label`: ``"eigen+aug"`` -> ``("eigen", "aug")``."""
-    return tuple(label.split(_SEP)) if label else ()
 
 
 def output_stems(rels: Sequence[str]) -> dict[str, str]:
@@ -184,6 +163,8 @@ class ImageRecord:
     files: dict[str, list[str]] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
     status: str = COMPLETE
+    outputs: dict[str, list[str]] = field(default_factory=dict)
+    """Files of the registered output kinds other than the built-in ones, per kind."""
 
     @property
     def complete(self) -> bool:
@@ -201,17 +182,18 @@ class ImageRecord:
 
     def paths(self) -> list[str]:
         """Every file the image wrote, relative to the run folder."""
-        return [f for v in self.files.values() for f in v] + list(self.figures)
+        return [f for v in self.files.values() for f in v] + list(self.figures) + [f for v in self.outputs.values() for f in v]
 
     def kinds(self) -> set[str]:
-        """The :data:`OUTPUT_KINDS` this image wrote."""
+        """The output kinds this image wrote: of ``files``, ``.npy`` are maps and ``.png``
+        overlays (the only two kinds listed there); ``figures``; every kind in ``outputs``."""
         listed = [f for v in self.files.values() for f in v]
         found = {"maps"} if any(f.endswith(".npy") for f in listed) else set()
         if any(f.endswith(".png") for f in listed):
             found.add("overlays")
         if self.figures:
             found.add("figures")
-        return found
+        return found | {kind for kind, files in self.outputs.items() if files}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -226,6 +208,7 @@ class ImageRecord:
             "files": self.files,
             "figure": self.figures[0] if self.figures else None,
             "figures": self.figures,
+            **({"outputs": self.outputs} if self.outputs else {}),
         }
 
     @classmethod
@@ -245,6 +228,7 @@ class ImageRecord:
             files={str(k): list(v) for k, v in (d.get("files") or {}).items()},
             figures=list(figures),
             status=str(d.get("status", "")),
+            outputs={str(k): list(v) for k, v in (d.get("outputs") or {}).items()},
         )
 
 
@@ -478,8 +462,6 @@ class RunDir:
     def create(self, what: str = "--out") -> None:
         """Create the folder, prove it writable with a probe file, and remove temporary files
         an interrupted run left behind."""
-        from camscope.io.atomic import atomic_write_bytes, cleanup_temp_files
-
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / _WRITE_PROBE
@@ -523,8 +505,6 @@ class RunDir:
     def write_manifest(self, manifest: Manifest) -> None:
         """Rewrite ``manifest.json``, ``predictions.csv`` and (when there are failures, or were)
         ``failures.csv`` from the manifest."""
-        from camscope.io.atomic import atomic_write_text
-
         atomic_write_text(self.manifest_path, json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n")
         rows = (prediction_row(rel, rec) for rel, rec in sorted(manifest.images.items()))
         atomic_write_text(self.root / PREDICTIONS, _csv(PREDICTION_COLUMNS, rows))
@@ -542,8 +522,6 @@ class RunDir:
     # ---- files --------------------------------------------------------------------------
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        from camscope.io.atomic import atomic_write_bytes
-
         atomic_write_bytes(self.path(rel), data)
 
     def write_png(self, rel: str, data: bytes) -> None:

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camscope.errors import UsageError
+from camscope import errors
+from camscope.errors import UsageError, WeightsError
 
 logger = logging.getLogger("camscope.models")
 
@@ -183,8 +184,6 @@ def require(module: str, extra: str, what: str) -> ModuleType:
 
 def fit_state_dict(model: nn.Module, state: dict[str, Tensor], weights_file: Any, what: str) -> None:
     """``model.load_state_dict(state, strict=True)``; a mismatch is one WeightsError line."""
-    from camscope.errors import WeightsError
-
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -217,7 +216,7 @@ def hub_cache_dir() -> Path:
 
 def first_line(exc: BaseException, limit: int = 160) -> str:
     """The first non-empty line of an exception's message, shortened."""
-    text = " ".join(str(getattr(exc, "reason", exc)).split("\n")[0].split())
+    text = " ".join(errors.first_line(getattr(exc, "reason", exc), default="").split())
     text = text or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -356,29 +355,3 @@ def seeded_random() -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
         yield
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Where a model comes from: the ``--model``, ``--weights-tag``, ``--weights``,
-    ``--preprocess``, ``--labels``, ``--trust-checkpoint``, ``--input-size``, ``--mean``,
-    ``--std`` and ``--trust-remote-code`` options; picklable, so that the CLI, a run and a
-    remote worker build the same model with :meth:`load`."""
-
-    name: str = "resnet50"
-    weights_tag: str | None = "IMAGENET1K_V1"
-    weights_file: str | None = None
-    preprocess: str = "classic"
-    labels: str | None = None
-    trust_checkpoint: bool = False
-    input_size: Any = None
-    """``(H, W)`` or ``"HxW"`` / ``"N"``: overrides the source's input size."""
-    mean: Any = None
-    std: Any = None
-    trust_remote_code: bool = False
-
-    def load(self, device: str | torch.device = "cpu", *, progress: bool = True) -> LoadedModel:
-        """Build the model (:func:`camscope.models.load_spec`)."""
-        from camscope.models import load_spec
-
-        return load_spec(self, device, progress=progress)

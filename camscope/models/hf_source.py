@@ -21,13 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from camscope.errors import UsageError, WeightsError
-from camscope.io.rundir import RANDOM_WEIGHTS
+from camscope.io.checkpoint import load_checkpoint
 from camscope.models.common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PREPROCESS_MODES,
     LoadedModel,
-    ModelSpec,
     Preprocess,
     first_line,
     fit_state_dict,
@@ -38,6 +37,9 @@ from camscope.models.common import (
     require,
     seeded_random,
 )
+from camscope.models.hub import hub_access
+from camscope.models.registry import ModelSource, ModelSpec, register_model_source
+from camscope.names import RANDOM_WEIGHTS
 
 PREFIX = "hf/"
 
@@ -111,8 +113,6 @@ def load_hf(model_spec: ModelSpec, device: str | torch.device = "cpu", progress:
             hf = auto_model.from_config(config, trust_remote_code=trust_remote_code)
         weights_desc = RANDOM_WEIGHTS
         if weights_file is not None:
-            from camscope.io.checkpoint import load_checkpoint
-
             fit_state_dict(hf, load_checkpoint(weights_file, trust=trust_checkpoint), weights_file, spec)
             weights_desc = f"file:{weights_file}"
     else:
@@ -154,8 +154,6 @@ def _from_pretrained(auto_model: Any, target: str, trust_remote_code: bool) -> n
 
 def _hub_call(spec: str, target: str, local: bool, trust: bool, fn: Any) -> Any:
     """Run ``fn(target)``; remote-code refusals and download failures become one line."""
-    from camscope.models.hub import hub_access
-
     try:
         if local:
             return fn(target)
@@ -238,3 +236,11 @@ def preprocess_from_processor(proc: dict[str, Any], mode: str) -> Preprocess:
     if mode == "classic" or resize is None:
         return Preprocess("classic", final, None, mean, std, interp)
     return Preprocess("weights", final, resize, mean, std, interp)
+
+
+def _reload(name: str, weights: str, weights_file: str | None) -> tuple[str, str | None]:
+    """A recorded ``hf:TARGET`` -> the pretrained weights of the hub repository (or folder)."""
+    return name, "DEFAULT" if weights.startswith("hf:") else None
+
+
+register_model_source(ModelSource("hf", load_hf, _reload, prefix=PREFIX, example="hf/google/vit-base-patch16-224"))

@@ -18,15 +18,16 @@ from torch import nn
 
 from camscope.core.reshape import model_input_size
 from camscope.errors import UsageError
+from camscope.io.checkpoint import load_checkpoint
 from camscope.models.common import (
     PREPROCESS_MODES,
     LoadedModel,
-    ModelSpec,
     Preprocess,
     first_line,
     fit_state_dict,
     logger,
 )
+from camscope.models.registry import ModelSource, ModelSpec, register_model_source
 
 _SPEC = re.compile(r"(?P<module>[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*):(?P<attr>[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)")
 
@@ -66,8 +67,6 @@ def load_imported(model_spec: ModelSpec, device: str | torch.device = "cpu") -> 
         raise UsageError(f"--model {spec}: returned a {type(model).__name__}, not a torch.nn.Module")
     weights_desc = "as built (no --weights)"
     if weights_file is not None:
-        from camscope.io.checkpoint import load_checkpoint
-
         fit_state_dict(model, load_checkpoint(weights_file, trust=trust_checkpoint), weights_file, spec)
         weights_desc = f"file:{weights_file}"
     size = model_input_size(model) or (224, 224)
@@ -75,3 +74,14 @@ def load_imported(model_spec: ModelSpec, device: str | torch.device = "cpu") -> 
         logger.warning("--model %s: no weights transform known; using the classic resize", spec)
     model = model.to(device).eval()
     return LoadedModel(model, spec, weights_desc, None, Preprocess("classic", size), info={"source": "import"})
+
+
+def _reload(name: str, weights: str, weights_file: str | None) -> tuple[str, str | None]:
+    """The callable is called again; its weights, if any, come from ``weights_file``."""
+    return name, None
+
+
+register_model_source(ModelSource(
+    "import", lambda spec, device, progress: load_imported(spec, device), _reload,
+    claims=is_import_spec, example="mypkg.models:build",
+))

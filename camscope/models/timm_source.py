@@ -20,11 +20,10 @@ from typing import Any
 import torch
 
 from camscope.errors import UsageError, WeightsError
-from camscope.io.rundir import RANDOM_WEIGHTS
+from camscope.io.checkpoint import load_checkpoint
 from camscope.models.common import (
     PREPROCESS_MODES,
     LoadedModel,
-    ModelSpec,
     Preprocess,
     classifier_outputs,
     first_line,
@@ -35,6 +34,9 @@ from camscope.models.common import (
     require,
     seeded_random,
 )
+from camscope.models.hub import hub_access
+from camscope.models.registry import ModelSource, ModelSpec, register_model_source
+from camscope.names import RANDOM_WEIGHTS
 
 PREFIX = "timm/"
 _DEFAULT_TAGS = ("IMAGENET1K_V1", "DEFAULT")
@@ -69,8 +71,6 @@ def load_timm(model_spec: ModelSpec, device: str | torch.device = "cpu", progres
     _check_name(timm, spec, name)
 
     if weights_file is not None:
-        from camscope.io.checkpoint import load_checkpoint
-
         state = load_checkpoint(weights_file, trust=trust_checkpoint)
         model = timm.create_model(name, pretrained=False)
         outputs = classifier_outputs(state)
@@ -94,8 +94,6 @@ def load_timm(model_spec: ModelSpec, device: str | torch.device = "cpu", progres
 
 
 def _pretrained(timm: Any, name: str, progress: bool) -> Any:
-    from camscope.models.hub import hub_access
-
     cfg = timm.models.get_pretrained_cfg(name)
     hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     cache = hub_cache_dir() if hub_id or cfg is None else Path(torch.hub.get_dir()) / "checkpoints"
@@ -143,3 +141,15 @@ def _class_names(timm: Any, model: Any) -> tuple[list[str] | None, list[str] | N
     if len(names) != getattr(model, "num_classes", len(names)):
         return None, None
     return names, wnids if all(w.startswith("n") and w[1:].isdigit() for w in wnids[:5]) else None
+
+
+def _reload(name: str, weights: str, weights_file: str | None) -> tuple[str, str | None]:
+    """A recorded ``timm:NAME[.TAG]`` -> ``timm/NAME[.TAG]`` with its pretrained weights."""
+    if weights.startswith("timm:"):
+        return PREFIX + weights[len("timm:") :], "DEFAULT"
+    return name, None
+
+
+register_model_source(ModelSource(
+    "timm", load_timm, _reload, prefix=PREFIX, list_names=timm_model_names, example="timm/convnext_tiny",
+))

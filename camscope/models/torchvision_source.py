@@ -16,12 +16,11 @@ import torch
 from torch import Tensor
 
 from camscope.core.reshape import model_input_size
-from camscope.errors import UsageError, WeightsError
-from camscope.io.rundir import RANDOM_WEIGHTS
+from camscope.errors import UsageError, WeightsError, first_line
+from camscope.io.checkpoint import load_checkpoint
 from camscope.models.common import (
     PREPROCESS_MODES,
     LoadedModel,
-    ModelSpec,
     Preprocess,
     classifier_outputs,
     fit_state_dict,
@@ -30,6 +29,8 @@ from camscope.models.common import (
     logger,
     seeded_random,
 )
+from camscope.models.registry import ModelSource, ModelSpec, register_model_source
+from camscope.names import RANDOM_WEIGHTS, is_random_weights
 
 
 def classification_models() -> list[str]:
@@ -69,7 +70,7 @@ def _download_state_dict(weights: Any, progress: bool) -> dict[str, Tensor]:
     try:
         return weights.get_state_dict(progress=progress, check_hash=True)
     except Exception as exc:  # URLError, OSError, hash mismatch, ...
-        reason = str(getattr(exc, "reason", exc)).splitlines()[0][:120]
+        reason = first_line(getattr(exc, "reason", exc), 120)
         raise WeightsError(
             f"cannot get {weights} weights: download from {weights.url} failed ({reason}) and no "
             f"cached copy is at {path}; pass --weights FILE with a local state dict, or put the file "
@@ -101,8 +102,6 @@ def load_torchvision(model_spec: ModelSpec, device: str | torch.device = "cpu", 
     categories = list(weights.meta["categories"]) if weights is not None else None
 
     if weights_file is not None:
-        from camscope.io.checkpoint import load_checkpoint
-
         state = load_checkpoint(weights_file, trust=trust_checkpoint)
         num_classes = classifier_outputs(state)
         kwargs: dict[str, Any] = {}
@@ -155,3 +154,18 @@ def _preprocess_for(weights: Any, mode: str, declared: tuple[int, int] | None = 
     )
 
 
+def _reload(name: str, weights: str, weights_file: str | None) -> tuple[str, str | None]:
+    """A recorded ``ResNet50_Weights.IMAGENET1K_V1`` -> its tag; a weights file keeps the
+    ImageNet class names and preprocessing (tag ``IMAGENET1K_V1``)."""
+    if "." in weights and not is_random_weights(weights):
+        return name, weights.rsplit(".", 1)[1]
+    return name, "IMAGENET1K_V1" if weights_file else None
+
+
+def _names(pattern: str | None) -> list[str]:
+    return classification_models()
+
+
+register_model_source(ModelSource(
+    "torchvision", load_torchvision, _reload, list_names=_names, fallback=True, example="resnet50",
+))

@@ -32,15 +32,16 @@ from typing import Any
 import torch
 
 from camscope.errors import UsageError
-from camscope.io.rundir import RANDOM_WEIGHTS
 from camscope.models.common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     LoadedModel,
-    ModelSpec,
     Preprocess,
     seeded_random,
 )
+from camscope.models.registry import ModelSource, ModelSpec, register_model_source
+from camscope.models.torchvision_source import _download_state_dict, _reload
+from camscope.names import RANDOM_WEIGHTS
 
 __all__ = ["task_models", "model_task", "load_task_model", "DETECTION_INPUT_SIZE"]
 
@@ -93,8 +94,6 @@ def load_task_model(spec: ModelSpec, device: str | torch.device = "cpu", progres
         fit_state_dict(model, state, spec.weights_file, name)
         desc = f"file:{spec.weights_file}"
     elif weights is not None:
-        from camscope.models.torchvision_source import _download_state_dict
-
         model = tvm.get_model(name, weights=None, weights_backbone=None,
                               num_classes=len(weights.meta["categories"]), **kwargs)
         model.load_state_dict(_download_state_dict(weights, progress))
@@ -127,3 +126,14 @@ def _num_classes(model: torch.nn.Module) -> int | None:
         return int(getattr(m, "out_features", getattr(m, "out_channels", 0))) or None
     head = getattr(getattr(model, "head", None), "classification_head", None)
     return getattr(head, "num_classes", None)
+
+
+def _names(pattern: str | None) -> list[str]:
+    return sorted(task_models())
+
+
+# torchvision's segmenters and detectors: claimed before the torchvision classifiers (the fallback).
+register_model_source(ModelSource(
+    "torchvision-tasks", load_task_model, _reload, claims=lambda name: model_task(name) is not None,
+    list_names=_names, example="deeplabv3_resnet50",
+))

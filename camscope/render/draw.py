@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import io
 from collections.abc import Sequence
@@ -11,7 +12,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["colorize", "overlay", "Panel", "comparison_figure", "new_figure", "figure_png", "png_bytes", "resize_map"]
+from camscope.errors import UsageError
+
+__all__ = [
+    "colorize", "overlay", "Panel", "comparison_figure", "new_figure", "figure_png", "png_bytes", "resize_map",
+    "jpeg_thumbnail", "jpeg_data_uri",
+]
 
 
 PIXEL_PERCENTILE = 99.0
@@ -25,8 +31,6 @@ def colorize(saliency: np.ndarray, colormap: str = "jet") -> np.ndarray:
     try:
         cmap = matplotlib.colormaps[colormap]
     except KeyError:
-        from camscope.errors import UsageError
-
         raise UsageError(f"unknown colour map {colormap!r} (any matplotlib colour map name)") from None
     rgba = cmap(np.clip(saliency, 0.0, 1.0))
     return (rgba[..., :3] * 255.0 + 0.5).astype(np.uint8)
@@ -159,3 +163,20 @@ def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def jpeg_thumbnail(
+    image: Image.Image, side: int, quality: int, resample: Image.Resampling = Image.Resampling.BICUBIC
+) -> bytes:
+    """``image`` as a JPEG at most ``side`` pixels on its long side (RGB; aspect kept): the one
+    thumbnail maker of the notebook grid and the report."""
+    im = image.convert("RGB")
+    im.thumbnail((side, side), resample)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def jpeg_data_uri(image: Image.Image, side: int, quality: int) -> str:
+    """A ``data:image/jpeg;base64,...`` URI of :func:`jpeg_thumbnail`."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg_thumbnail(image, side, quality)).decode("ascii")

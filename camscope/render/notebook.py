@@ -1,8 +1,8 @@
-"""How a :class:`~camscope.engine.CamResult` shows itself: photos, overlays, the comparison
+"""How a :class:`~camscope.engine.CamMaps` shows itself: photos, overlays, the comparison
 figure, and the compact HTML grid a notebook displays (``_repr_html_``).
 
-The figure is the one the CLI writes (:func:`camscope.run.explainer.figure_rows` /
-:func:`~camscope.run.explainer.figure_title`, drawn by :func:`camscope.render.comparison_figure`);
+The figure is the one the CLI writes (:func:`camscope.render.comparison.figure_rows` /
+:func:`~camscope.render.comparison.figure_title`, drawn by :func:`camscope.render.draw.comparison_figure`);
 the grid inlines small JPEG thumbnails (``THUMB_SIDE`` pixels, at most ``MAX_IMAGES`` images),
 so a notebook stays light. Everything that comes from the user (file and class names) is
 escaped.
@@ -10,14 +10,20 @@ escaped.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from camscope.engine import CamResult
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+from camscope.core.smoothing import Smoothing
+from camscope.engine import CamMaps
+from camscope.errors import UsageError
+from camscope.methods import get_method
+from camscope.names import is_random_weights, parse_variant, variant_title
+from camscope.render.comparison import figure_rows, figure_title
+from camscope.render.draw import comparison_figure, jpeg_data_uri, overlay
 
 __all__ = ["result_photo", "result_figure", "result_html", "MAX_IMAGES", "THUMB_SIDE"]
 
@@ -27,12 +33,9 @@ THUMB_SIDE = 128
 """Long side of the grid's thumbnails, in pixels."""
 
 
-def result_photo(res: CamResult, i: int) -> Any:
+def result_photo(res: CamMaps, i: int) -> Image.Image:
     """Image ``i`` as a PIL photo: the part of the decoded photo the map covers, else the model
     input de-normalised (min-max scaled when its normalisation is unknown)."""
-    import numpy as np
-    from PIL import Image
-
     if res.photos is not None and res.photos[i] is not None:
         pre = getattr(res.model, "preprocess", None)
         return pre.frame(res.photos[i]) if pre is not None else res.photos[i]
@@ -48,23 +51,20 @@ def result_photo(res: CamResult, i: int) -> Any:
     return Image.fromarray(arr)
 
 
-def _name(res: CamResult, i: int) -> str:
+def _name(res: CamMaps, i: int) -> str:
     return res.names[i] if res.names is not None else f"image {i}"
 
 
-def _weights(res: CamResult) -> str | None:
+def _weights(res: CamMaps) -> str | None:
     return getattr(res.model, "weights", None)
 
 
 def result_figure(
-    res: CamResult, i: int, methods: Sequence[str] | None = None, *, rank: int = 0,
+    res: CamMaps, i: int, methods: Sequence[str] | None = None, *, rank: int = 0,
     alpha: float = 0.5, colormap: str = "jet",
-) -> Any:
+) -> Figure:
     """The CLI's comparison figure for image ``i`` and its ``rank``-th explained class, limited
     to ``methods`` (method names; every variant of each)."""
-    from camscope.core.smoothing import Smoothing
-    from camscope.render.draw import comparison_figure
-    from camscope.run.explainer import figure_rows, figure_title
 
     chosen = [m for m in res.methods if methods is None or m in methods]
     if not chosen:
@@ -75,37 +75,26 @@ def result_figure(
     variants = [Smoothing.of(p) for p in res.smoothing]
     rows = figure_rows(maps, rank, chosen, variants, label)
     title = figure_title(_name(res, i), label, None, _weights(res))
-    return comparison_figure(res.photo(i), rows, suptitle=title, alpha=alpha, colormap=colormap)
+    return comparison_figure(result_photo(res, i), rows, suptitle=title, alpha=alpha, colormap=colormap)
 
 
-def _thumb(image: Any, side: int = THUMB_SIDE) -> str:
+def _thumb(image: Image.Image, side: int = THUMB_SIDE) -> str:
     """A data URI of a small JPEG of ``image``."""
-    im = image.convert("RGB")
-    im.thumbnail((side, side))
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return jpeg_data_uri(image, side, quality=80)
 
 
 def _label(variant: str) -> str:
-    from camscope.errors import UsageError
-    from camscope.io.rundir import parse_variant, smoothing_label
-    from camscope.methods import get_method
-
     method, parts = parse_variant(variant)
     try:
         title = get_method(method).title
     except UsageError:
         title = method
-    return f"{title} +{smoothing_label(parts)}" if parts else title
+    return variant_title(title, parts)
 
 
-def result_html(res: CamResult, *, max_images: int = MAX_IMAGES, side: int = THUMB_SIDE) -> str:
+def result_html(res: CamMaps, *, max_images: int = MAX_IMAGES, side: int = THUMB_SIDE) -> str:
     """The notebook grid: per image its photo and one overlay per method and variant (first
     explained class), with the class and its probability; a banner for random weights."""
-    from camscope.io.rundir import is_random_weights
-    from camscope.render.draw import overlay
-
     e = html.escape
     variants = list(res.maps)
     n = len(res)
@@ -126,7 +115,7 @@ def result_html(res: CamResult, *, max_images: int = MAX_IMAGES, side: int = THU
     parts += [f'<th style="padding:2px 4px">{e(_label(v))}</th>' for v in variants]
     parts.append("</tr>")
     for i in range(min(n, max_images)):
-        photo = res.photo(i)
+        photo = result_photo(res, i)
         cls = int(res.targets[i, 0])
         caption = f"{res.class_name(cls)} {float(res.probabilities[i, cls]):.1%}"
         more = res.targets.shape[1] - 1

@@ -49,16 +49,14 @@ def build_report(
     """Measure (reusing cached metrics) and write the report; the library entry point.
     ``measure`` (:class:`~camscope.reporting.evaluate.MeasureSettings`) or its fields as
     ``options`` (``steps=12, road=False``...) say what to measure. With ``ray``
-    (:class:`camscope.scale.ray_driver.RayOptions`) the photos are measured on a Ray cluster (the
+    (:class:`camscope.scale.RayOptions`, or anything with its ``evaluate_run``) the photos are measured on a Ray cluster (the
     model is rebuilt there; ``model`` is not used)."""
     measure = measure_settings(measure, options)
     table = check_report_options(boxes=boxes) if not isinstance(boxes, dict) else boxes
     common = dict(weights_file=weights_file, boxes=table, device=device, measure=measure,
                   trust_checkpoint=trust_checkpoint, progress=progress)
-    if ray is not None:
-        from camscope.scale.ray_driver import evaluate_run_ray
-
-        ev = evaluate_run_ray(out_dir, ray, **common)
+    if ray is not None:  # the scale-out layer measures (it sits above the report: no import here)
+        ev = ray.evaluate_run(out_dir, **common)
     else:
         ev = evaluate_run(out_dir, model=model, **common)
     return ev, write_report(out_dir, ev.images, embed=embed)

@@ -43,6 +43,7 @@ import numpy as np
 
 from camscope.errors import CamscopeError
 from camscope.io.rundir import is_random_weights, smoothing_parts, variant_name
+from camscope.names import variant_title
 from camscope.reporting.findings import DISAGREE_SPEARMAN
 from camscope.reporting.summary import ReportColumn, report_columns, scalar
 
@@ -156,7 +157,7 @@ def explorer_data(
     for sm in ["", *smoothings]:
         for m, title in methods.items():
             key = variant_name(m, smoothing_parts(sm))
-            variants[key] = {"method": m, "smoothing": sm, "label": f"{title} +{sm}" if sm else title}
+            variants[key] = {"method": m, "smoothing": sm, "label": variant_title(title, sm)}
     photos: list[dict[str, Any]] = []
     measured: set[str] = set()
     for rec, anchor in zip(records, anchors, strict=True):

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from camscope.io.rundir import ASSETS
+from camscope.render.draw import jpeg_thumbnail
 
 __all__ = ["THUMB_SIDE", "PageImages", "thumbnail", "write_bytes"]
 
@@ -49,11 +50,7 @@ class PageImages:
 
             try:
                 with Image.open(io.BytesIO(data)) as im:
-                    im = im.convert("RGB")
-                    im.thumbnail((THUMB_SIDE, THUMB_SIDE))
-                    buf = io.BytesIO()
-                    im.save(buf, format="JPEG", quality=85)
-                    data, mime = buf.getvalue(), "image/jpeg"
+                    data, mime = jpeg_thumbnail(im, THUMB_SIDE, 85), "image/jpeg"
             except OSError:
                 return None
         elif path.suffix.lower() in (".jpg", ".jpeg"):
@@ -76,9 +73,5 @@ def thumbnail(out: Path, rel: str, source: str | None, preprocess: Any) -> str |
         photo = None
     if photo is None:
         return target if (out / target).is_file() else None
-    im = preprocess.frame(photo).convert("RGB")
-    im.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=88)
-    write_bytes(out / target, buf.getvalue())
+    write_bytes(out / target, jpeg_thumbnail(preprocess.frame(photo), THUMB_SIDE, 88, Image.Resampling.LANCZOS))
     return target

@@ -1,16 +1,20 @@
-"""Scale-out with Ray (``--ray``): the driver plans and records, a Ray Data actor pool explains
-or measures the photos. Ray is imported only when used (``pip install "camscope[ray]"``)."""
+"""Scale-out with Ray (``--ray``): the driver plans and records exactly as a local run does, a
+Ray Data actor pool explains (:mod:`~camscope.scale.explain`) or measures
+(:mod:`~camscope.scale.measure`) the photos; the cluster, its resources and the probe of
+``--out`` in :mod:`~camscope.scale.cluster`, the shared pool plumbing in
+:mod:`~camscope.scale.pool`. Ray is imported only when used (``pip install "camscope[ray]"``).
+"""
 
-from camscope.scale.ray_driver import (
+from camscope.scale.cluster import (
     MISSING_RAY,
     Cluster,
     RayOptions,
-    evaluate_run_ray,
     held_session,
     import_ray,
     ray_session,
-    run_explain_ray,
 )
+from camscope.scale.explain import run_explain_ray
+from camscope.scale.measure import RayMeasurement, evaluate_run_ray
 
 __all__ = [
     "MISSING_RAY",
@@ -21,4 +25,5 @@ __all__ = [
     "held_session",
     "run_explain_ray",
     "evaluate_run_ray",
+    "RayMeasurement",
 ]

@@ -26,15 +26,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from camscope.core.runtime import SpeedSettings
+from camscope.engine import CamEngine
 from camscope.errors import UsageError
-
-if TYPE_CHECKING:
-    from camscope.core.runtime import SpeedSettings
+from camscope.io.atomic import atomic_write_text
+from camscope.methods.registry import get_method, method_names
+from camscope.metrics import energy_pointing_game, pointing_game
+from camscope.names import variant_name, variant_title
+from camscope.studies import synthetic as S
+from camscope.studies import synthetic_vit as V
 
 __all__ = [
     "POINTING_TARGET",
@@ -164,14 +169,10 @@ class BenchTable:
         )
 
     def save_json(self, path: str | Path) -> None:
-        from camscope.io.atomic import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ``bench_synthetic.json`` and ``bench_synthetic.md`` into ``out_dir``."""
-        from camscope.io.atomic import atomic_write_text
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"json": out / "bench_synthetic.json", "markdown": out / "bench_synthetic.md"}
@@ -185,8 +186,6 @@ def score_maps(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-scene pointing hits (bool), energy in mask and area fraction of maps (n,H,W) in [0,1]
     against boolean masks (n,H,W)."""
-    from camscope.metrics import energy_pointing_game, pointing_game
-
     m = maps.detach().cpu().double().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
     k = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
     k = k.astype(bool)
@@ -240,11 +239,6 @@ def run_synthetic_benchmark(
     """
     from tqdm.auto import tqdm
 
-    from camscope.engine import CamEngine
-    from camscope.io.rundir import smoothing_label, variant_name
-    from camscope.methods.registry import get_method, method_names
-    from camscope.studies import synthetic as S
-
     t_start = time.perf_counter()
     if isinstance(n_scenes, bool) or not isinstance(n_scenes, int) or n_scenes < 1:
         raise UsageError(f"n_scenes: expected a positive integer, got {n_scenes!r}")
@@ -259,8 +253,6 @@ def run_synthetic_benchmark(
         raise UsageError(f"unknown synthetic model {model_kind!r}; choose cnn or vit")
     model_given = model is not None
     if model_kind == "vit":
-        from camscope.studies import synthetic_vit as V
-
         description = f"small ViT v{V.VIT_VERSION} (training seed {train_seed})"
         layer = layer or V.VIT_TARGET_LAYER
         if model is None:
@@ -311,7 +303,7 @@ def run_synthetic_benchmark(
             out = variant_name(m, variant.parts)
             hits, energy, area = score_maps(torch.cat(maps[out]), scenes.masks)
             spec = get_method(m)
-            title = spec.title + (f" + {smoothing_label(variant.parts)}" if variant.parts else "")
+            title = variant_title(spec.title, variant.parts)
             ratio = float(energy.mean() / area.mean())
             per_class = {
                 S.SHAPES[c]: float(hits[label_arr == c].mean())

@@ -35,9 +35,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from camscope.core.capture import model_state_guard
 from camscope.core.runtime import SpeedSettings
+from camscope.engine import CamEngine
 from camscope.errors import UsageError
-from camscope.metrics.sanity import default_groups
+from camscope.io.atomic import atomic_write_bytes, atomic_write_text
+from camscope.methods.registry import get_method
+from camscope.metrics.sanity import (
+    cascading_randomization,
+    compare_maps,
+    default_groups,
+    sanity_verdict,
+)
+from camscope.render.draw import new_figure
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -189,8 +199,6 @@ class SanityResult:
 
     def save(self, out_dir: str | Path, *, plot: bool = True) -> dict[str, Path]:
         """Write ``sanity.json``, ``sanity.csv`` and (``plot``) ``sanity.png`` atomically."""
-        from camscope.io.atomic import atomic_write_bytes, atomic_write_text
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"json": out / SANITY_JSON, "csv": out / SANITY_CSV}
@@ -210,8 +218,6 @@ class SanityResult:
 def plot_sanity(result: SanityResult) -> bytes:
     """PNG bytes: similarity to the original maps vs. randomisation depth, one line per method,
     rank correlation and SSIM side by side (as Fig. 2 of Adebayo et al. 2018)."""
-    from camscope.render.draw import new_figure
-
     labels = ["original", *result.steps]
     x = np.arange(len(labels))
     ncol = min(4, len(result.methods) + 1)
@@ -258,8 +264,6 @@ def plot_sanity(result: SanityResult) -> bytes:
 def _default_factory(
     speed: SpeedSettings | None, reshape: str = "auto", input_size: Sequence[int] | None = None
 ) -> EngineFactory:
-    from camscope.engine import CamEngine
-
     def make(model: nn.Module, layer: str | None, methods: Sequence[str]) -> _Engine:
         return CamEngine(
             model, layer, methods=list(methods), speed=speed, reshape=reshape, input_size=input_size
@@ -296,8 +300,6 @@ def _similarities(
 ) -> tuple[dict[str, np.ndarray], int]:
     """Per-image similarities (metric -> (N,)); NaN where the original is constant. A constant
     randomised map gets rank correlation 0. Also returns how many randomised maps are constant."""
-    from camscope.metrics.sanity import compare_maps
-
     out = {k: np.full(orig.shape[0], np.nan) for k in METRICS}
     n_const = 0
     for i in range(orig.shape[0]):
@@ -377,10 +379,6 @@ def run_sanity(
         verdict and a one-line summary.
     """
     from tqdm.auto import tqdm
-
-    from camscope.core.capture import model_state_guard
-    from camscope.methods.registry import get_method
-    from camscope.metrics.sanity import cascading_randomization, sanity_verdict
 
     t_start = time.perf_counter()
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[0] == 0:

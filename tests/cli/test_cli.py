@@ -249,6 +249,7 @@ def test_missing_input_is_a_usage_error(tmp_path, capsys) -> None:
 @pytest.mark.parametrize("flag,expected", [("auto", None), ("on", True), ("off", False)])
 def test_freeze_flag_reaches_the_engine(monkeypatch, tmp_path, photos, capsys, flag, expected) -> None:
     import camscope.engine as engine_mod
+    import camscope.run.plan as plan_mod
 
     seen: list[object] = []
 
@@ -257,7 +258,7 @@ def test_freeze_flag_reaches_the_engine(monkeypatch, tmp_path, photos, capsys, f
             seen.append(kw["speed"].freeze)
             super().__init__(*a, **kw)
 
-    monkeypatch.setattr(engine_mod, "CamEngine", Recording)
+    monkeypatch.setattr(plan_mod, "CamEngine", Recording)
     argv = ["explain", str(photos.dir), "--out", str(tmp_path / "o"), "--quiet", "--no-figures",
             "--model", "resnet18", "--weights-tag", "none", "--methods", "gradcam", "--freeze", flag]
     rc, _, err = _run(argv, capsys)

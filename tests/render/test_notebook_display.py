@@ -19,8 +19,9 @@ from camscope.cli import main
 from camscope.errors import ImageLoadError, UsageError
 from camscope.io.rundir import PYTHON_MODEL, RANDOM_WEIGHTS
 from camscope.models import LoadedModel, Preprocess
+from camscope.render.comparison import figure_title
 from camscope.render.draw import overlay
-from camscope.run.explainer import ExplainOptions, figure_title, run_explain
+from camscope.run import ExplainOptions, run_explain
 from tests.conftest import photo_array
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -170,16 +171,16 @@ def test_saved_python_model_is_reported(tiny_cnn, tmp_path: Path, capsys: pytest
 
 
 def test_cli_figure_title_says_random_weights(monkeypatch, tiny_cnn, folder: Path, tmp_path: Path) -> None:
-    import camscope.render.draw as render
+    import camscope.run.outputs as outputs  # the figure writer of a run
 
     titles: list[str] = []
-    real = render.comparison_figure
+    real = outputs.comparison_figure
 
     def recording(photo, rows, **kw):
         titles.append(kw["suptitle"])
         return real(photo, rows, **kw)
 
-    monkeypatch.setattr(render, "comparison_figure", recording)
+    monkeypatch.setattr(outputs, "comparison_figure", recording)
     opts = ExplainOptions(methods=["gradcam"], layer="features", quiet=True)
     run_explain([folder], tmp_path / "r", opts, loaded=_loaded(tiny_cnn))
     run_explain([folder], tmp_path / "t", opts, loaded=_loaded(tiny_cnn, "file:w.pt"))

@@ -42,7 +42,7 @@ from camscope.reporting.explore import (
     map_grid,
     weights_banner,
 )
-from camscope.run.explainer import ExplainOptions, run_explain
+from camscope.run import ExplainOptions, run_explain
 
 CLASSES = ["tabby", "beagle", 'fox & "hen"', "<b>bold</b>", "zebra"]
 SCRIPT_DIR = "<script>alert(1)<"

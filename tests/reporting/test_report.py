@@ -33,7 +33,7 @@ from camscope.core.threads import torch_threads
 from camscope.models import LoadedModel, Preprocess
 from camscope.reporting import build_report, report_after_explain
 from camscope.reporting.evaluate import MeasureSettings
-from camscope.run.explainer import ExplainOptions, run_explain
+from camscope.run import ExplainOptions, run_explain
 
 SPECIAL_DIR = '<script>alert("x")<'
 SPECIAL_FILE = "script> & 'q'.png"

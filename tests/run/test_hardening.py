@@ -26,8 +26,8 @@ from camscope.cli import main
 from camscope.io.atomic import is_temp_file
 from camscope.io.rundir import FAILURES, MANIFEST, PREDICTIONS
 from camscope.models import LoadedModel, Preprocess
+from camscope.run import ExplainOptions, run_explain
 from camscope.run import explainer as pipeline
-from camscope.run.explainer import ExplainOptions, run_explain
 from tests import corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,7 @@ from PIL import Image
 from camscope.errors import UsageError
 from camscope.io.rundir import MANIFEST, PREDICTIONS
 from camscope.models import LoadedModel, Preprocess
-from camscope.run.explainer import ExplainOptions, run_explain
+from camscope.run import ExplainOptions, run_explain
 from tests import corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")

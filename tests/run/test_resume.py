@@ -27,8 +27,8 @@ from camscope.cli import main
 from camscope.io.atomic import is_temp_file
 from camscope.io.rundir import FAILURES, MANIFEST, PREDICTIONS, RunDir
 from camscope.models import LoadedModel, Preprocess
+from camscope.run import ExplainOptions, run_explain
 from camscope.run import explainer as pipeline
-from camscope.run.explainer import ExplainOptions, run_explain
 
 try:
     from tests import corpus
@@ -281,23 +281,24 @@ def test_keyboard_interrupt_mid_image_with_figures(
         return run_explain([src], out, opts, loaded=loaded)
 
     run(tmp_path / "reference")
-    real = RunDir.write_png
+    real = RunDir.write_bytes
     calls = []
 
     def interrupting(self: RunDir, rel_path: str, data: bytes) -> None:
-        calls.append(rel_path)
-        if len(calls) == 8:  # image 3 of 4 (3 PNGs per image), after its first overlay
-            raise KeyboardInterrupt
+        if rel_path.endswith(".png"):
+            calls.append(rel_path)
+            if len(calls) == 8:  # image 3 of 4 (3 PNGs per image), after its first overlay
+                raise KeyboardInterrupt
         real(self, rel_path, data)
 
-    monkeypatch.setattr(RunDir, "write_png", interrupting)
+    monkeypatch.setattr(RunDir, "write_bytes", interrupting)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         run(out)
     assert _complete(out) == ["im0.png", "im1.png"]
     assert (out / "gradcam" / "im2.npy").exists()  # a file of the unfinished image is there
     assert _leftovers(out) == []
-    monkeypatch.setattr(RunDir, "write_png", real)
+    monkeypatch.setattr(RunDir, "write_bytes", real)
     res = run(out)
     assert res.skipped == ["im0.png", "im1.png"] and res.completed == ["im2.png", "im3.png"]
     _assert_same_outputs(out, tmp_path / "reference")

@@ -58,7 +58,7 @@ def test_ray_is_imported_only_with_ray() -> None:
     import subprocess
 
     code = (
-        "import sys, camscope, camscope.cli, camscope.run.explainer, camscope.reporting, camscope.scale.ray_driver\n"
+        "import sys, camscope, camscope.cli, camscope.run, camscope.reporting, camscope.scale\n"
         "camscope.cli.build_parser()\n"
         "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray imported'\n"
     )
@@ -87,7 +87,7 @@ class _FakeRay:
 
 def test_workers_and_resources_per_worker() -> None:
     from camscope.errors import UsageError
-    from camscope.scale.ray_driver import Cluster, RayOptions, Resources, plan_resources
+    from camscope.scale.cluster import Cluster, RayOptions, Resources, plan_resources
 
     def plan(opts: RayOptions, *nodes: dict[str, float], device: str | None = None, batches: int = 1000) -> Resources:
         return plan_resources(Cluster(_FakeRay(*nodes), opts.address, started=False), opts, device, batches)

@@ -46,7 +46,7 @@ PER_BATCH = 2  # 9 inputs: 4 batches of 2 and one of 1
 def session():
     """The module's Ray session: 2 CPUs, no dashboard, a 100 MB object store, on the loopback
     address only (as camscope's own local mode)."""
-    from camscope.scale.ray_driver import _loopback_only
+    from camscope.scale.cluster import _loopback_only
 
     if ray.is_initialized():
         pytest.skip("Ray is already running in this process")
@@ -197,16 +197,43 @@ def _first(marker: str) -> bool:
         return False
 
 
-def _run_api(setup: dict, out: Path, fault) -> object:
+@pytest.fixture
+def faulty_workers(monkeypatch: pytest.MonkeyPatch):
+    """Fault injection: ``faulty_workers(fault)`` makes every explain worker of the next runs
+    call ``fault(n, rel)`` after the n-th image it finished (its files written), so a test can
+    make an actor die or be killed mid-batch. The worker class is defined here, in the test, so
+    Ray ships it to the workers by value, fault included; production code has no hook."""
+    from camscope.scale import explain
+
+    def inject(fault) -> None:
+        class FaultyExplainWorker(explain.ExplainWorker):
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, **kwargs)
+                explain_batch, done = self.explainer.explain, [0]
+
+                def explain_then_fault(items):
+                    for outcome in explain_batch(items):
+                        yield outcome
+                        done[0] += 1
+                        fault(done[0], outcome.item.rel)
+
+                self.explainer.explain = explain_then_fault
+
+        monkeypatch.setattr(explain, "ExplainWorker", FaultyExplainWorker)
+
+    return inject
+
+
+def _run_api(setup: dict, out: Path) -> object:
     from camscope.models import ModelSpec
-    from camscope.run.explainer import ExplainOptions
-    from camscope.scale.ray_driver import RayOptions, run_explain_ray
+    from camscope.run import ExplainOptions
+    from camscope.scale import RayOptions, run_explain_ray
 
     opts = ExplainOptions(
         model=ModelSpec("resnet18", weights_tag=None, weights_file=str(setup["weights"])),
         methods=["gradcam", "ablationcam"], images_per_batch=PER_BATCH, quiet=True,
     )  # fmt: skip
-    return run_explain_ray([setup["src"]], out, opts, RayOptions(workers=2, cpus_per_worker=1), _fault=fault)
+    return run_explain_ray([setup["src"]], out, opts, RayOptions(workers=2, cpus_per_worker=1))
 
 
 def _assert_each_once(res, out: Path, ref: Path) -> None:
@@ -215,15 +242,16 @@ def _assert_each_once(res, out: Path, ref: Path) -> None:
     _assert_same_tree(out, ref)
 
 
-def test_worker_that_exits_on_its_third_image_is_restarted(session, setup: dict, reference: Path) -> None:
+def test_worker_that_exits_on_its_third_image_is_restarted(session, setup: dict, reference: Path, faulty_workers) -> None:
     out = setup["root"] / "exit"
     marker = setup["root"] / "exit.marker"
-    res = _run_api(setup, out, ExitOnce(3, marker))
+    faulty_workers(ExitOnce(3, marker))
+    res = _run_api(setup, out)
     assert marker.exists()  # a worker did die
     _assert_each_once(res, out, reference)
 
 
-def test_killed_actor_is_restarted_and_its_batch_retried(session, setup: dict, reference: Path) -> None:
+def test_killed_actor_is_restarted_and_its_batch_retried(session, setup: dict, reference: Path, faulty_workers) -> None:
     from ray.util.queue import Queue
 
     queue = Queue()
@@ -237,25 +265,27 @@ def test_killed_actor_is_restarted_and_its_batch_retried(session, setup: dict, r
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     out = setup["root"] / "kill"
-    res = _run_api(setup, out, ReportAndWait(queue, setup["root"] / "kill.marker"))
+    faulty_workers(ReportAndWait(queue, setup["root"] / "kill.marker"))
+    res = _run_api(setup, out)
     thread.join(timeout=5)
     assert killed, "no actor was killed"
     _assert_each_once(res, out, reference)
 
 
 def test_batch_whose_worker_always_dies_is_recorded_as_failures(
-    session, setup: dict, reference: Path, monkeypatch: pytest.MonkeyPatch
+    session, setup: dict, reference: Path, monkeypatch: pytest.MonkeyPatch, faulty_workers
 ) -> None:
     """A batch that kills its worker on every try is given up after the retries: its images are
     failures (re-run to retry), every other image is complete."""
-    from camscope.scale import ray_driver as distributed
+    from camscope.scale import pool
 
-    monkeypatch.setattr(distributed, "MAX_TASK_RETRIES", 0)
+    monkeypatch.setattr(pool, "MAX_TASK_RETRIES", 0)
     order = sorted(p.name for p in setup["src"].iterdir())  # the order the images are planned in
     i = order.index("im4.jpg") // PER_BATCH * PER_BATCH
     batch = set(order[i : i + PER_BATCH])
     out = setup["root"] / "poison"
-    res = _run_api(setup, out, _ExitOn("im4.jpg"))
+    faulty_workers(_ExitOn("im4.jpg"))
+    res = _run_api(setup, out)
     lost = {Path(p).name: reason for p, reason in res.failed}
     assert set(lost) == {*BAD, *batch}
     for name in batch:

@@ -92,7 +92,7 @@ def test_killed_driver_leaves_no_ray_process(tmp_path: Path) -> None:
         import os, time
         from pathlib import Path
         from camscope.scale import RayOptions
-        from camscope.scale.ray_driver import ray_session
+        from camscope.scale.cluster import ray_session
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         with ray_session(RayOptions(address="local")):
             time.sleep(3)  # the raylet's agents are up by now
