@@ -15,7 +15,7 @@ from camscope.methods.registry import (
     register,
 )
 
-BUILTIN_MODULES = ("gradient", "eigen", "perturbation")
+BUILTIN_MODULES = ("gradient", "eigen", "perturbation", "attention")
 """Modules of the built-in methods; their import order is the order of the method table."""
 
 for _module in BUILTIN_MODULES:
