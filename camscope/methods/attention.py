@@ -24,7 +24,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from camscope.core.attention import attention_capture, attention_refusal, readout, readout_refusal, token_grid
+from camscope.core.attention import (
+    attention_capture,
+    attention_refusal,
+    readout,
+    readout_refusal,
+    token_grid,
+)
 from camscope.core.capture import Capture
 from camscope.core.runtime import Runtime
 from camscope.methods.registry import register
@@ -148,7 +154,7 @@ def chefer(cap: Capture, rt: Runtime) -> Tensor:
         score = logits[views, cap.targets[rows]].sum()
         grads = torch.autograd.grad(score, rec.probs, retain_graph=True)
         probs = [p[views] for p in rec.probs]
-        out[rows] = _to_grid(chefer_maps(probs, [g[views] for g in grads], prefix), grid)
+        out[rows] = _to_grid(chefer_maps(probs, [g[views] for g in grads], prefix), grid).detach()
     return out
 
 
@@ -181,5 +187,5 @@ def legrad(cap: Capture, rt: Runtime) -> Tensor:
         for s, p in zip(scores, rec.probs, strict=True):
             (g,) = torch.autograd.grad(s[views, cap.targets[rows]].sum(), p, retain_graph=True)
             grads.append(g[views])
-        out[rows] = _to_grid(legrad_maps(grads, prefix), grid)
+        out[rows] = _to_grid(legrad_maps(grads, prefix), grid).detach()
     return out

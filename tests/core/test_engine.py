@@ -24,7 +24,8 @@ from camscope.core.runtime import Runtime, SpeedSettings
 from camscope.core.tail import split_model
 from camscope.errors import UsageError
 from camscope.io.rundir import variant_name
-from camscope.methods import get_method, method_names
+from camscope.methods import get_method
+from camscope.methods.registry import methods_for
 from camscope.smoothing import AUGMENTATIONS, parse_smoothing
 from tests.reference import (
     REFERENCE_WEIGHTS,
@@ -35,7 +36,7 @@ from tests.reference import (
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-METHODS = method_names()
+METHODS = methods_for()  # the attention methods are tested in tests/methods/test_attention.py
 PERTURBATION = [m for m in METHODS if REFERENCE_WEIGHTS.get(m) == "perturbation"]
 NORM = ((0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
 

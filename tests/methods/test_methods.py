@@ -25,7 +25,7 @@ from camscope.core.capture import capture
 from camscope.core.engine import CamEngine
 from camscope.core.runtime import Runtime, SpeedSettings
 from camscope.core.tail import split_model
-from camscope.methods.registry import get_method, method_names
+from camscope.methods.registry import get_method, methods_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -195,13 +195,13 @@ CASES = [("gap", 1), ("spatial", 1), ("spatial", 2)]
 def test_registry_methods_all_have_hand_formulas() -> None:
     """A newly registered method must get a hand formula here (the registry feeds the tests)."""
     x = hand_inputs(1)
-    for name in method_names():
+    for name in methods_for():
         hand_weights(name, x[0], tail_weights("gap"), 1, 0)  # KeyError for a missing one
 
 
 @pytest.mark.parametrize("allow_trace", [True, False], ids=["traced", "hooks"])
 @pytest.mark.parametrize("kind,pool", CASES)
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", methods_for())
 def test_maps_equal_hand_computation(method: str, kind: str, pool: int, allow_trace: bool) -> None:
     v, x, model, xt = _setup(kind, pool)
     engine = CamEngine(model, "head", methods=[method], speed=SpeedSettings(batch_size=3), allow_trace=allow_trace)
@@ -217,7 +217,7 @@ def test_maps_equal_hand_computation(method: str, kind: str, pool: int, allow_tr
 
 
 @pytest.mark.parametrize("kind,pool", CASES)
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", methods_for())
 def test_weights_equal_hand_computation(method: str, kind: str, pool: int) -> None:
     """The weights themselves (not only the normalised maps) equal the hand formulas."""
     v, x, model, xt = _setup(kind, pool)

@@ -34,7 +34,7 @@ from camscope.core.engine import CamEngine
 from camscope.core.layers import default_layer
 from camscope.core.runtime import SpeedSettings
 from camscope.core.tail import split_model
-from camscope.methods.registry import method_names
+from camscope.methods.registry import methods_for
 from tests.reference import reference_maps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -177,7 +177,7 @@ def test_tail_equals_model(name: str) -> None:
 def test_every_method_gives_finite_nonconstant_maps(name: str) -> None:
     case, model = CASES[name], _model(name)
     x = _x(name)
-    engine = CamEngine(model, methods=method_names(), speed=SpeedSettings(batch_size=16), input_size=x.shape)
+    engine = CamEngine(model, methods=methods_for(model), speed=SpeedSettings(batch_size=16), input_size=x.shape)
     res = engine(x)
     for method, maps in res.maps.items():
         assert maps.shape == (2, 1, case.size, case.size), method
