@@ -134,7 +134,7 @@ def rollout(cap: Capture, rt: Runtime) -> Tensor:
 
 @register(
     "chefer",
-    title="Chefer et al. gradient-weighted attention",
+    title="Chefer et al. (attention x gradient)",
     paper="Chefer, Gur & Wolf, ICCV 2021",
     url="https://arxiv.org/abs/2103.15679",
     equation="Ā_l = mean_h ReLU(dy_c/dA_l ⊙ A_l); R = I, R <- R + Ā_l R; map = R[cls, patches] (Eq. 5-6)",
