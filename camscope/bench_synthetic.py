@@ -238,7 +238,7 @@ def run_synthetic_benchmark(
     from camscope import synthetic as S
     from camscope.core.engine import CamEngine
     from camscope.io.rundir import smoothing_label, variant_name
-    from camscope.methods.registry import get_method, method_names
+    from camscope.methods.registry import get_method, methods_for
 
     t_start = time.perf_counter()
     if isinstance(n_scenes, bool) or not isinstance(n_scenes, int) or n_scenes < 1:
@@ -248,7 +248,6 @@ def run_synthetic_benchmark(
     train_seed = 0
     if seed == train_seed:
         raise UsageError(f"seed {seed} is the training seed; held-out scenes need another seed")
-    names = list(dict.fromkeys(get_method(m).name for m in (methods or method_names())))
     device = torch.device(device)
 
     if model_kind not in ("cnn", "vit"):
@@ -269,6 +268,8 @@ def run_synthetic_benchmark(
     if model_given:
         model = model.to(device)
         description = type(model).__name__ + " (given)"
+    # default: every method that can explain the model (no attention method for the CNN)
+    names = list(dict.fromkeys(get_method(m).name for m in (methods or methods_for(model))))
     scenes = S.make_scenes(n_scenes, seed=seed)
     accuracy = S.evaluate(model, scenes)
     logger.info("synthetic model: held-out accuracy %.1f %% on %d scenes", 100 * accuracy, n_scenes)

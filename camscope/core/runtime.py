@@ -172,12 +172,19 @@ class FrozenForward(_FirstBatchForward):
         """Relative error allowed against eager logits: rounding only at fp32; at bf16 the two
         round differently (3.5e-3 on ResNet-50), while a wrong trace is off by order 1."""
         self.any_batch: bool | None = None
+        self.verify = False
+        """Check the next batch against the model (set by the Runtime at each engine call's
+        first full forward: a trace holds one control-flow path, so every call checks one batch)."""
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.cl_input:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.batch is None:
+            self.verify = False
             return self._build(x)
+        if self.verify:
+            self.verify = False
+            return self._verify(x)
         if self.any_batch is False:
             return self._fixed(x)
         if self.any_batch or x.shape[0] == self.batch:
@@ -206,6 +213,21 @@ class FrozenForward(_FirstBatchForward):
             return ref
         logger.info("model frozen for full forwards (TorchScript, batch %d) in %.1f s", x.shape[0], time.perf_counter() - t0)
         self.module, self.batch = frozen, x.shape[0]
+        return ref
+
+    def _verify(self, x: Tensor) -> Tensor:
+        """The eager logits of ``x``; the frozen copy is given up (``failed``) if its own differ."""
+        ref = self.model(x)
+        try:
+            out = self(x)
+            err = _relative_error(out, ref)
+            if not err <= self.tolerance:
+                raise ValueError(f"frozen logits differ from eager ones on a later batch (relative error {err:.1e})")
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any disagreement: run eagerly from now on
+            _warn_fallback("the frozen copy of the model", e, "running it eagerly")
+            self.failed = True
         return ref
 
     def _check_any_batch(self, x: Tensor) -> Tensor:
@@ -404,7 +426,10 @@ class Runtime:
         if self.compiled:
             return self._keep("compiled", lambda: CompiledForward(self.model, cl))
         if self._freeze_wanted() and self._freezable():
-            return self._keep("frozen", lambda: FrozenForward(self.model, self.speed.precision, cl))
+            mode = self._keep("frozen", lambda: FrozenForward(self.model, self.speed.precision, cl))
+            if isinstance(mode, FrozenForward):
+                mode.verify = True
+            return mode
         return ChannelsLastForward(self.model) if cl else EagerForward(self.model)
 
     def _keep(self, name: str, build: Any) -> ForwardMode:
@@ -422,22 +447,19 @@ class Runtime:
         if freeze is None:
             precision = self.speed.precision
             native = precision == "fp32" or (precision == "bf16" and cpu_has_native("bf16"))
-            return self.device.type == "cpu" and native and bool(getattr(self.split, "traced", False))
+            return self.device.type == "cpu" and native
         return True
 
     def _freezable(self) -> bool:
-        """No hooks anywhere (tracing would bake them in) and, unless ``freeze=True``, only
-        torch / torchvision modules (whose forward has no Python side effects to lose)."""
+        """No hooks anywhere (tracing would bake them in). Any model source (torchvision, timm,
+        Hugging Face, an import path): the frozen copy is a deep copy (the user's model never
+        sees its Python side effects) and is checked against eager logits on its first batch,
+        on the first batch of each new size and of every later engine call; any disagreement
+        falls back to eager forwards with a warning."""
         hooked = [name or "<model>" for name, m in self.model.named_modules() if _has_hooks(m)]
         if hooked or _global_hooks():
             logger.debug("not freezing the model: forward hooks on %s", ", ".join(hooked) or "all modules")
             return False
-        if self.speed.freeze is None:
-            modules = {type(m).__module__ for m in self.model.modules()}
-            foreign = {mod for mod in modules if not mod.startswith(("torch.", "torchvision."))}
-            if foreign:
-                logger.debug("not freezing the model (freeze=True to force): modules from %s", ", ".join(sorted(foreign)))
-                return False
         return True
 
 
