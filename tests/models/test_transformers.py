@@ -120,7 +120,7 @@ CASES = {
     "timm_vit": Case(_timm_vit, 32, "blocks.1.norm1", "tokens:4x4:skip=1"),
     "timm_deit": Case(_timm_deit, 32, "blocks.1.norm1", "tokens:4x4:skip=2"),
     "timm_convnext": Case(_timm_convnext, 64, "stages.3", "none"),
-    "hf_vit": Case(_hf_vit, 32, "hf.vit.layers.1.layernorm_before", "tokens:4x4:skip=1", traced=False),
+    "hf_vit": Case(_hf_vit, 32, "hf.vit.layers.1.layernorm_before", "tokens:4x4:skip=1"),
 }
 NAMES = sorted(CASES)
 
