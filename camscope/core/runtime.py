@@ -10,13 +10,14 @@ object with the same interface (``mode(x) -> logits``):
 * ``channels_last``: a channels-last copy of the model, made afresh for every engine call
   (default on CPU);
 * ``frozen`` (``freeze``; default on CPU at fp32, and at bf16 on CPUs with bf16 instructions,
-  for models built from torch / torchvision modules only, without hooks, whose split traced):
+  for models of any source without hooks: torchvision, timm, Hugging Face, import paths):
   a copy traced (under autocast at bf16), frozen and optimised for inference by TorchScript
   (batch norm folded into the convolutions, weights prepacked for oneDNN; ReLU and residual
   adds stay separate ops): 1.07-1.26x faster per ResNet-50 forward than eager at fp32 in
   ``benchmarks/batch_sweep.py --forward-only`` on an AVX2 CPU, 1.07-1.23x at fp32 and
   1.23-1.30x at bf16 on an AVX-512 one. Its first batch also runs eagerly and the frozen copy
-  is used only if the logits agree (relative error below 1e-4; 3e-2 at bf16);
+  is used only if the logits agree (relative error below 1e-4; 3e-2 at bf16), and the first
+  batch of every later engine call is checked again (a trace holds one control-flow path);
 * ``compiled`` (``compile=True``): ``torch.compile`` (inductor, freezing), at one batch size.
 
 A frozen or compiled copy costs seconds to build, so it is kept between engine calls and

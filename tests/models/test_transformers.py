@@ -4,8 +4,8 @@ Models (tiny configurations of the same classes, so that Score-CAM's one forward
 stays cheap; the full-size torchvision models are checked where cheap and fully under ``slow``):
 torchvision ``VisionTransformer`` and ``SwinTransformer``, timm ``VisionTransformer``, DeiT with
 its distillation token (``VisionTransformerDistilled``), timm ``ConvNeXt``, and a Hugging Face
-``ViTForImageClassification`` built from a ``ViTConfig`` behind camscope's adapter (which does
-not trace: the hook path). For each:
+``ViTForImageClassification`` built from a ``ViTConfig`` behind camscope's adapter (which does not
+trace with plain torch.fx: its split is the concrete-traced one, tests/models/test_hf_split.py). For each:
 
 - the default layer is the per-architecture rule's, and the reshape it resolves to;
 - the tail from the target layer equals the full model (traced and hook paths);
