@@ -12,8 +12,8 @@ answer is computed on an example input: the graph traced so far runs on it (an f
 ``Interpreter``, with torch.fx's patches reverted), and its value decides. The traced graph
 thus holds the branch the example took; :func:`camscope.core.tail.split_model` checks that
 ``tail(head(x)) == model(x)`` on the example before using it, else it keeps the hook path.
-Branches that depend on the input's values (not on its shape or dtype) would make this unsafe;
-the ancestors of a layer in transformers' vision classifiers (ViT, DeiT, BEiT, Swin, ConvNeXt,
+Questions about the input's values (not its shape or dtype: ``bool()`` of a tensor, or a
+number from ``.item()``) are refused, so such a model keeps the hook path; the ancestors of a layer in transformers' vision classifiers (ViT, DeiT, BEiT, Swin, ConvNeXt,
 ResNet) have none: their questions are about dtypes.
 """
 
@@ -26,6 +26,23 @@ import torch.fx
 from torch import Tensor, nn
 
 __all__ = ["ConcreteSplitTracer"]
+
+_VALUE_METHODS = {"item", "tolist", "numpy", "__bool__", "__int__", "__float__"}
+
+
+def _reads_values(node: torch.fx.Node) -> bool:
+    """Whether ``node`` depends on a tensor's values turned into Python numbers."""
+    seen: set[torch.fx.Node] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "call_method" and n.target in _VALUE_METHODS:
+            return True
+        stack.extend(n.all_input_nodes)
+    return False
 
 
 class ConcreteSplitTracer(torch.fx.Tracer):
@@ -45,7 +62,12 @@ class ConcreteSplitTracer(torch.fx.Tracer):
 
     def to_bool(self, obj: torch.fx.Proxy) -> bool:
         self.decisions += 1
-        return bool(self._value(obj.node))
+        if _reads_values(obj.node):
+            raise torch.fx.proxy.TraceError("control flow depends on tensor values (.item() / .tolist())")
+        value = self._value(obj.node)
+        if isinstance(value, Tensor):  # bool() of a tensor: a question about its values
+            raise torch.fx.proxy.TraceError("control flow depends on tensor values")
+        return bool(value)
 
     def _value(self, node: torch.fx.Node) -> Any:
         from torch.fx._symbolic_trace import _maybe_revert_all_patches

@@ -111,3 +111,22 @@ def test_swin_falls_back_to_hooks_with_the_model_intact() -> None:
     with torch.no_grad():
         x = _x()
         torch.testing.assert_close(split.tail(*split.head(x)), model(x), rtol=1e-5, atol=1e-5)
+
+
+class _ValueBranch(nn.Module):
+    """Control flow on a tensor's values after the target: ``bool(h.sum() > 0)`` or ``.item()``."""
+
+    def __init__(self, item: bool) -> None:
+        super().__init__()
+        self.a, self.b, self.item = nn.Linear(4, 4), nn.Linear(4, 3), item
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x.flatten(1)[:, :4])
+        positive = h.sum().item() > 0 if self.item else h.sum() > 0
+        return self.b(h * 2 if positive else h)
+
+
+@pytest.mark.parametrize("item", [False, True])
+def test_value_dependent_control_flow_keeps_the_hook_path(item: bool) -> None:
+    """Decided on zeros, such a branch would be baked into the graph: refused instead."""
+    assert not split_model(_ValueBranch(item), "a").traced
