@@ -25,7 +25,8 @@ from camscope.core.split import split_model
 from camscope.engine import CamEngine, compute_cams
 from camscope.errors import UsageError
 from camscope.io.rundir import variant_name
-from camscope.methods import get_method, method_names
+from camscope.methods import get_method
+from camscope.methods.registry import methods_for
 from tests.reference import (
     CATALOGUE_TESTED,
     REFERENCE_WEIGHTS,
@@ -36,7 +37,7 @@ from tests.reference import (
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-METHODS = method_names()
+METHODS = methods_for()  # the attention methods are tested in tests/methods/test_attention.py
 #: Methods with a naive reference in tests/reference.py (the catalogue's are checked against the
 #: libraries that ship them, tests/methods/test_catalogue.py).
 REFERENCED = [m for m in METHODS if m in REFERENCE_WEIGHTS]

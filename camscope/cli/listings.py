@@ -12,6 +12,11 @@ __all__ = ["register"]
 def register(subparsers: Any) -> None:
     me = subparsers.add_parser("methods", help="list the registered CAM methods")
     me.add_argument("--markdown", action="store_true", help="print the README's method table")
+    me.add_argument("--model", metavar="NAME",
+                    help="only the methods that can explain this model (as --model of explain; built "
+                    "with random weights, nothing downloaded), then the others with the reason")
+    me.add_argument("--trust-remote-code", action="store_true",
+                    help="Hugging Face models only: allow the model repository's own Python code to run")
     me.set_defaults(func=cmd_methods)
     mo = subparsers.add_parser("models", help="list the classifiers --model takes: torchvision's, and timm's when installed")
     mo.add_argument("pattern", nargs="?", help="only names matching this pattern, e.g. 'vit_*'")
@@ -29,8 +34,30 @@ def cmd_methods(args: argparse.Namespace) -> int:
     if args.markdown:
         sys.stdout.write(methods_markdown() + "\n")
         return 0
-    for spec in METHODS.values():
-        sys.stdout.write(f"{spec.name:24s} {spec.title:38s} {spec.paper}\n")
+    if args.model is None:
+        for spec in METHODS.values():
+            sys.stdout.write(f"{spec.name:24s} {spec.title:38s} {spec.paper}\n")
+        return 0
+    import logging
+
+    from camscope.models import load_model
+
+    log = logging.getLogger("camscope")
+    level = log.level
+    log.setLevel(logging.ERROR)  # warnings about random weights do not matter here
+    try:
+        model = load_model(args.model, weights_tag="none", progress=False, trust_remote_code=args.trust_remote_code).model
+    finally:
+        log.setLevel(level)
+    refused = {name: spec.refusal(model) for name, spec in METHODS.items()}
+    for name, spec in METHODS.items():
+        if refused[name] is None:
+            sys.stdout.write(f"{spec.name:24s} {spec.title:38s} {spec.paper}\n")
+    others = [(name, why) for name, why in refused.items() if why is not None]
+    if others:
+        sys.stdout.write(f"\nnot for {args.model}:\n")
+        for name, why in others:
+            sys.stdout.write(f"  {name:22s} {why}\n")
     return 0
 
 

@@ -10,13 +10,14 @@ object with the same interface (``mode(x) -> logits``):
 * ``channels_last``: a channels-last copy of the model, made afresh for every engine call
   (default on CPU);
 * ``frozen`` (``freeze``; default on CPU at fp32, and at bf16 on CPUs with bf16 instructions,
-  for models built from torch / torchvision modules only, without hooks, whose split traced):
+  for models of any source without hooks: torchvision, timm, Hugging Face, import paths):
   a copy traced (under autocast at bf16), frozen and optimised for inference by TorchScript
   (batch norm folded into the convolutions, weights prepacked for oneDNN; ReLU and residual
   adds stay separate ops): 1.07-1.26x faster per ResNet-50 forward than eager at fp32 in
   ``benchmarks/batch_sweep.py --forward-only`` on an AVX2 CPU, 1.07-1.23x at fp32 and
   1.23-1.30x at bf16 on an AVX-512 one. Its first batch also runs eagerly and the frozen copy
-  is used only if the logits agree (relative error below 1e-4; 3e-2 at bf16);
+  is used only if the logits agree (relative error below 1e-4; 3e-2 at bf16), and the first
+  batch of every later engine call is checked again (a trace holds one control-flow path);
 * ``compiled`` (``compile=True``): ``torch.compile`` (inductor, freezing), at one batch size.
 
 A frozen or compiled copy costs seconds to build, so it is kept between engine calls and
@@ -172,12 +173,19 @@ class FrozenForward(_FirstBatchForward):
         """Relative error allowed against eager logits: rounding only at fp32; at bf16 the two
         round differently (3.5e-3 on ResNet-50), while a wrong trace is off by order 1."""
         self.any_batch: bool | None = None
+        self.verify = False
+        """Check the next batch against the model (set by the Runtime at each engine call's
+        first full forward: a trace holds one control-flow path, so every call checks one batch)."""
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.cl_input:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.batch is None:
+            self.verify = False
             return self._build(x)
+        if self.verify:
+            self.verify = False
+            return self._verify(x)
         if self.any_batch is False:
             return self._fixed(x)
         if self.any_batch or x.shape[0] == self.batch:
@@ -210,6 +218,21 @@ class FrozenForward(_FirstBatchForward):
             return ref
         logger.info("model frozen for full forwards (TorchScript, batch %d) in %.1f s", x.shape[0], time.perf_counter() - t0)
         self.module, self.batch = frozen, x.shape[0]
+        return ref
+
+    def _verify(self, x: Tensor) -> Tensor:
+        """The eager logits of ``x``; the frozen copy is given up (``failed``) if its own differ."""
+        ref = self.model(x)
+        try:
+            out = self(x)
+            err = _relative_error(out, ref)
+            if not err <= self.tolerance:
+                raise ValueError(f"frozen logits differ from eager ones on a later batch (relative error {err:.1e})")
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any disagreement: run eagerly from now on
+            _warn_fallback("the frozen copy of the model", e, "running it eagerly")
+            self.failed = True
         return ref
 
     def _check_any_batch(self, x: Tensor) -> Tensor:
@@ -408,7 +431,10 @@ class Runtime:
         if self.compiled:
             return self._keep("compiled", lambda: CompiledForward(self.model, cl))
         if self._freeze_wanted() and self._freezable():
-            return self._keep("frozen", lambda: FrozenForward(self.model, self.speed.precision, cl))
+            mode = self._keep("frozen", lambda: FrozenForward(self.model, self.speed.precision, cl))
+            if isinstance(mode, FrozenForward):
+                mode.verify = True
+            return mode
         return ChannelsLastForward(self.model) if cl else EagerForward(self.model)
 
     def _keep(self, name: str, build: Any) -> ForwardMode:
@@ -426,22 +452,19 @@ class Runtime:
         if freeze is None:
             precision = self.speed.precision
             native = precision == "fp32" or (precision == "bf16" and cpu_has_native("bf16"))
-            return self.device.type == "cpu" and native and bool(getattr(self.split, "traced", False))
+            return self.device.type == "cpu" and native
         return True
 
     def _freezable(self) -> bool:
-        """No hooks anywhere (tracing would bake them in) and, unless ``freeze=True``, only
-        torch / torchvision modules (whose forward has no Python side effects to lose)."""
+        """No hooks anywhere (tracing would bake them in). Any model source (torchvision, timm,
+        Hugging Face, an import path): the frozen copy is a deep copy (the user's model never
+        sees its Python side effects) and is checked against eager logits on its first batch,
+        on the first batch of each new size and of every later engine call; any disagreement
+        falls back to eager forwards with a warning."""
         hooked = [name or "<model>" for name, m in self.model.named_modules() if _has_hooks(m)]
         if hooked or _global_hooks():
             logger.debug("not freezing the model: forward hooks on %s", ", ".join(hooked) or "all modules")
             return False
-        if self.speed.freeze is None:
-            modules = {type(m).__module__ for m in self.model.modules()}
-            foreign = {mod for mod in modules if not mod.startswith(("torch.", "torchvision."))}
-            if foreign:
-                logger.debug("not freezing the model (freeze=True to force): modules from %s", ", ".join(sorted(foreign)))
-                return False
         return True
 
 

@@ -17,7 +17,7 @@ from camscope.methods.registry import (
 
 BUILTIN_MODULES = (
     "gradient", "eigen", "perturbation",
-    "gradient_variants", "projection", "score_family", "multilayer", "pixel", "baseline",
+    "gradient_variants", "projection", "score_family", "multilayer", "pixel", "baseline", "attention",
 )
 """Modules of the built-in methods; their import order is the order of the method table."""
 

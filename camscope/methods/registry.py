@@ -15,7 +15,9 @@ from torch import Tensor
 
 from camscope.errors import UsageError
 
-__all__ = ["MethodSpec", "METHODS", "register", "get_method", "method_names", "methods_markdown"]
+__all__ = [
+    "MethodSpec", "METHODS", "register", "get_method", "method_names", "methods_for", "methods_markdown",
+]
 
 WeightFn = Callable[..., Tensor]
 
@@ -100,6 +102,14 @@ def register(
 def method_names() -> list[str]:
     """All registered method names, in registration order."""
     return list(METHODS)
+
+
+def methods_for(model: Any = None) -> list[str]:
+    """Names of the methods that can explain ``model`` (``applies_to`` says nothing against it),
+    in registration order; without a model, those that apply to every model."""
+    if model is None:
+        return [n for n, s in METHODS.items() if s.applies_to is None]
+    return [n for n, s in METHODS.items() if s.refusal(model) is None]
 
 
 def get_method(name: str) -> MethodSpec:

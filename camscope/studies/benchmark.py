@@ -35,7 +35,7 @@ from camscope.core.runtime import SpeedSettings
 from camscope.engine import CamEngine
 from camscope.errors import UsageError
 from camscope.io.atomic import atomic_write_text
-from camscope.methods.registry import get_method, method_names
+from camscope.methods.registry import get_method, methods_for
 from camscope.metrics import energy_pointing_game, pointing_game
 from camscope.names import variant_name, variant_title
 from camscope.studies import synthetic as S
@@ -246,7 +246,6 @@ def run_synthetic_benchmark(
         raise UsageError(f"images_per_batch must be at least 1, not {images_per_batch}")
     if seed == train_seed:
         raise UsageError(f"seed {seed} is the training seed; held-out scenes need another seed")
-    names = list(dict.fromkeys(get_method(m).name for m in (methods or method_names())))
     device = torch.device(device)
 
     if model_kind not in ("cnn", "vit"):
@@ -265,6 +264,8 @@ def run_synthetic_benchmark(
     if model_given:
         model = model.to(device)
         description = type(model).__name__ + " (given)"
+    # default: every method that can explain the model (no attention method for the CNN)
+    names = list(dict.fromkeys(get_method(m).name for m in (methods or methods_for(model))))
     scenes = S.make_scenes(n_scenes, seed=seed)
     accuracy = S.evaluate(model, scenes)
     logger.info("synthetic model: held-out accuracy %.1f %% on %d scenes", 100 * accuracy, n_scenes)

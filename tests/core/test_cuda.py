@@ -15,7 +15,7 @@ import torch
 
 from camscope.core.runtime import SpeedSettings
 from camscope.engine import CamEngine
-from camscope.methods.registry import method_names
+from camscope.methods.registry import methods_for
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -38,7 +38,7 @@ def _copy_to(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return copy.deepcopy(model).to(device)
 
 
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", methods_for())
 @pytest.mark.parametrize("layer", ["features", "block.conv2"])
 def test_cuda_equals_cpu(method: str, layer: str, tiny_cnn_dead, residual_cnn, images) -> None:
     model = tiny_cnn_dead if layer == "features" else residual_cnn

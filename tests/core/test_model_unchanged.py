@@ -16,11 +16,11 @@ from torch.nn.modules import module as nn_module
 from camscope.core.runtime import SpeedSettings
 from camscope.engine import CamEngine, compute_cams
 from camscope.methods import registry
-from camscope.methods.registry import method_names
+from camscope.methods.registry import methods_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-METHODS = method_names()
+METHODS = methods_for()  # methods for every model (these tests use CNNs)
 
 
 class Bomb(nn.Module):

@@ -6,10 +6,10 @@
 - ``compile=True`` gives the maps of the uncompiled run, pads short batches so that one shape
   is compiled, and falls back to uncompiled forwards, with a warning, when compiling fails;
 - the TorchScript-frozen copy (default on CPU at fp32, and at bf16 on CPUs with bf16
-  instructions, for torch / torchvision models) gives the eager maps, is kept while the model
-  is unchanged and rebuilt when it changes, is not used for models with hooks, custom modules
-  (unless ``freeze=True``) or bf16 on CPUs without bf16 instructions, and falls back to eager
-  forwards, with a warning, when tracing fails or its logits disagree;
+  instructions, for models of any source) gives the eager maps, is kept while the model
+  is unchanged and rebuilt when it changes, is not used for models with hooks or bf16 on CPUs
+  without bf16 instructions, and falls back to eager forwards, with a warning, when tracing
+  fails or its logits disagree (first batch, or the first batch of a later call);
 - per-device batch defaults; the warning for bf16 on a CPU without bf16 instructions.
 """
 
@@ -62,7 +62,7 @@ def test_plain_copy_never_goes_stale(change, make_tiny_cnn, images) -> None:
     """The channels-last copy is made per engine call: a weight change shows in the next call."""
     model = make_tiny_cnn(seed=3)
     x = images(2, seed=7)
-    engine = CamEngine(model, "features", methods=["scorecam"], speed=SpeedSettings(channels_last=True))
+    engine = CamEngine(model, "features", methods=["scorecam"], speed=SpeedSettings(channels_last=True, freeze=False))
     before = engine(x).maps["scorecam"]
     copy_made = engine.runtime.forward_mode
     assert copy_made.name == "channels_last"
@@ -241,7 +241,7 @@ def test_frozen_copy_follows_model_changes(change, images) -> None:
     assert not torch.allclose(after, before, atol=1e-3)
 
 
-def test_not_frozen_with_hooks_custom_modules_or_without_split(tiny_cnn_dead, images) -> None:
+def test_not_frozen_with_hooks_but_frozen_for_any_model_source(tiny_cnn_dead, images) -> None:
     x = images(1, seed=2)
     hooked = _sequential()
     handle = hooked.features[0].register_forward_hook(lambda m, i, out: out * 0.5)
@@ -253,15 +253,34 @@ def test_not_frozen_with_hooks_custom_modules_or_without_split(tiny_cnn_dead, im
         torch.testing.assert_close(maps, _scorecam(hooked, x, freeze=False, channels_last=False))
     finally:
         handle.remove()
+    # A model of custom modules (TinyCNN, a test class: as timm, Hugging Face or an import
+    # path) and a model without an fx split are frozen by default too (logits checked).
     custom = CamEngine(tiny_cnn_dead, "features", methods=["scorecam"])
-    custom(x)
-    assert custom.runtime.mode == "channels_last"  # TinyCNN is a test class: not frozen by default
-    forced = CamEngine(tiny_cnn_dead, "features", methods=["scorecam"], speed=SpeedSettings(freeze=True))
-    torch.testing.assert_close(forced(x).maps["scorecam"], custom(x).maps["scorecam"], atol=1e-5, rtol=1e-4)
-    assert forced.runtime.mode == "frozen"
+    frozen = custom(x).maps["scorecam"]
+    assert custom.runtime.mode == "frozen"
+    eager = CamEngine(tiny_cnn_dead, "features", methods=["scorecam"], speed=SpeedSettings(freeze=False))
+    torch.testing.assert_close(frozen, eager(x).maps["scorecam"], atol=1e-5, rtol=1e-4)
+    assert eager.runtime.mode == "channels_last"
     untraced = CamEngine(_sequential(), "features", methods=["scorecam"], allow_trace=False)
     untraced(x)
-    assert untraced.runtime.mode == "channels_last"  # no fx split: control flow not known to be fixed
+    assert untraced.runtime.mode == "frozen"
+
+
+def test_kept_frozen_copy_is_checked_at_every_call(images, caplog) -> None:
+    """A kept frozen copy that disagrees with the model on a later call's first batch (here: made
+    wrong on purpose) is given up with a warning; the maps are the eager ones."""
+    model = _sequential()
+    x = images(2, seed=9)
+    engine = CamEngine(model, "features", methods=["scorecam"], speed=SpeedSettings(batch_size=4))
+    engine(x)
+    kept = engine.runtime.forward_mode
+    assert kept.name == "frozen"
+    kept.module = _wrong_freeze(kept.module)
+    with caplog.at_level(logging.WARNING, logger="camscope.core.runtime"):
+        maps = engine(x).maps["scorecam"]
+    assert engine.runtime.failed == {"frozen"} and engine.runtime.mode == "channels_last"
+    assert any("differ from eager ones on a later batch" in r.getMessage() for r in caplog.records)
+    torch.testing.assert_close(maps, _scorecam(model, x, freeze=False), atol=1e-6, rtol=1e-5)
 
 
 def test_bf16_frozen_only_where_the_cpu_has_bf16(monkeypatch, images) -> None:

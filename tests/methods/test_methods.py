@@ -25,7 +25,7 @@ from camscope.core.capture import capture
 from camscope.core.runtime import Runtime, SpeedSettings
 from camscope.core.split import split_model
 from camscope.engine import CamEngine
-from camscope.methods.registry import get_method, method_names
+from camscope.methods.registry import get_method, methods_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -342,7 +342,7 @@ CASES = [("gap", 1), ("spatial", 1), ("spatial", 2)]
 def test_registry_methods_all_have_hand_formulas() -> None:
     """A newly registered method must get a hand formula here (the registry feeds the tests)."""
     x = hand_inputs(1)
-    for name in method_names():
+    for name in methods_for():
         if name in NO_HAND_FORMULA:
             continue
         if get_method(name).output == "map":
@@ -351,7 +351,7 @@ def test_registry_methods_all_have_hand_formulas() -> None:
             hand_weights(name, x[0], tail_weights("gap"), 1, 0)
 
 
-HAND_METHODS = [m for m in method_names() if m not in NO_HAND_FORMULA]
+HAND_METHODS = [m for m in methods_for() if m not in NO_HAND_FORMULA]
 
 
 @pytest.mark.parametrize("allow_trace", [True, False], ids=["traced", "hooks"])

@@ -4,8 +4,8 @@ Models (tiny configurations of the same classes, so that Score-CAM's one forward
 stays cheap; the full-size torchvision models are checked where cheap and fully under ``slow``):
 torchvision ``VisionTransformer`` and ``SwinTransformer``, timm ``VisionTransformer``, DeiT with
 its distillation token (``VisionTransformerDistilled``), timm ``ConvNeXt``, and a Hugging Face
-``ViTForImageClassification`` built from a ``ViTConfig`` behind camscope's adapter (which does
-not trace: the hook path). For each:
+``ViTForImageClassification`` built from a ``ViTConfig`` behind camscope's adapter (which does not
+trace with plain torch.fx: its split is the concrete-traced one, tests/models/test_hf_split.py). For each:
 
 - the default layer is the per-architecture rule's, and the reshape it resolves to;
 - the tail from the target layer equals the full model (traced and hook paths);
@@ -34,7 +34,7 @@ from camscope.core.layers import default_layer
 from camscope.core.runtime import SpeedSettings
 from camscope.core.split import split_model
 from camscope.engine import CamEngine
-from camscope.methods.registry import method_names
+from camscope.methods.registry import methods_for
 from tests.reference import reference_maps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -120,7 +120,7 @@ CASES = {
     "timm_vit": Case(_timm_vit, 32, "blocks.1.norm1", "tokens:4x4:skip=1"),
     "timm_deit": Case(_timm_deit, 32, "blocks.1.norm1", "tokens:4x4:skip=2"),
     "timm_convnext": Case(_timm_convnext, 64, "stages.3", "none"),
-    "hf_vit": Case(_hf_vit, 32, "hf.vit.layers.1.layernorm_before", "tokens:4x4:skip=1", traced=False),
+    "hf_vit": Case(_hf_vit, 32, "hf.vit.layers.1.layernorm_before", "tokens:4x4:skip=1"),
 }
 NAMES = sorted(CASES)
 
@@ -183,7 +183,7 @@ BLANK_OK = {("timm_convnext", "iscam")}
 def test_every_method_gives_finite_nonconstant_maps(name: str) -> None:
     case, model = CASES[name], _model(name)
     x = _x(name)
-    engine = CamEngine(model, methods=method_names(), speed=SpeedSettings(batch_size=16), input_size=x.shape)
+    engine = CamEngine(model, methods=methods_for(model), speed=SpeedSettings(batch_size=16), input_size=x.shape)
     res = engine(x)
     for method, maps in res.maps.items():
         assert maps.shape == (2, 1, case.size, case.size), method

@@ -84,7 +84,7 @@ def _is_meta(node: Node, meta: set[Node]) -> bool:
 
 
 def fx_split(
-    model: nn.Module, module: nn.Module, name: str
+    model: nn.Module, module: nn.Module, name: str, make_tracer: Any = None
 ) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule, tuple[bool, ...], tuple[bool, ...]]:
     ancestors: list[nn.Module] = [model]
     parts = name.split(".")
@@ -92,7 +92,7 @@ def fx_split(
         ancestors.append(model.get_submodule(".".join(parts[:i])))
     root = _Root(model)
     try:
-        graph = _SplitTracer(module, ancestors).trace(root)
+        graph = (make_tracer or _SplitTracer)(module, ancestors).trace(root)
     except Exception as exc:  # any failure to trace means: use hooks
         raise NoTrace(
             f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {first_line(exc, default='')})"

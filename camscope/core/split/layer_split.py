@@ -217,8 +217,12 @@ def split_model(
     module = get_module(model, name)
     if allow_trace:
         try:
-            head_gm, tail_gm, batched, mutates = fx_split(model, module, name)
+            with _restoring([(m, dict(vars(m))) for m in model.modules()]):
+                head_gm, tail_gm, batched, mutates = fx_split(model, module, name)
         except NoTrace as exc:
+            concrete = _concrete_split(model, module, name, rs)  # e.g. Hugging Face models
+            if concrete is not None:
+                return concrete
             logger.warning(
                 "layer %r: using the slow hook path (a full forward per tail call): %s", name, exc
             )
@@ -230,6 +234,58 @@ def split_model(
             "layer %r: tracing disabled (allow_trace=False); using the slow hook path", name
         )
     return LayerSplit(name, False, model, module, reshape=rs)
+
+
+class _restoring:
+    """Context manager: every module's attributes as they were on entry, on exit."""
+
+    def __init__(self, saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+        self.saved = saved
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        for m, attrs in self.saved:
+            for k in set(vars(m)) - set(attrs):
+                delattr(m, k)
+            for k, v in attrs.items():
+                if vars(m).get(k, _MISSING) is not v:
+                    object.__setattr__(m, k, v)
+
+
+_MISSING = object()
+
+
+def _concrete_split(model: nn.Module, module: nn.Module, name: str, rs: Reshape) -> LayerSplit | None:
+    """The fx split by :class:`~camscope.core.concrete_trace.ConcreteSplitTracer` (control flow
+    decided on zeros of the model's input size), used only if ``tail(head(x))`` equals
+    ``model(x)`` on them (eval mode, flags restored); None otherwise."""
+    from camscope.core.concrete_trace import ConcreteSplitTracer
+    from camscope.core.reshape import model_input_size
+
+    size = model_input_size(model) or (224, 224)
+    example = probe_input(model, (1, 3, *size))
+    # Tracing runs the ancestors' forward code with proxies: code that stores values on its
+    # module (Hugging Face Swin sets self.window_size) must not leave them there.
+    saved = [(m, dict(vars(m))) for m in model.modules()]
+    try:
+        with model_state_guard(model), torch.no_grad(), _restoring(saved):
+            head_gm, tail_gm, batched, mutates = fx_split(
+                model, module, name, lambda target, ancestors: ConcreteSplitTracer(target, ancestors, example)
+            )
+            split = LayerSplit(name, True, model, module, head_gm, tail_gm, batched, mutates, rs)
+            ref = model(example)
+            out = split.tail(*split.head(example))
+            err = float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+            if not err <= 1e-5:
+                raise NoTrace(f"the split differs from the model (relative error {err:.1e})")
+            split._resolved.clear()  # decided again on the first real input
+    except Exception as exc:  # noqa: BLE001 - any failure: the hook path
+        logger.debug("layer %r: no concrete fx split: %s", name, exc)
+        return None
+    logger.info("layer %r: traced split (control flow of the model's forward decided on a %dx%d example)", name, *size)
+    return split
 
 
 # --------------------------------------------------------------------------- fx split
