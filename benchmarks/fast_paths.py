@@ -33,10 +33,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from camscope.core.engine import CamEngine
     from PIL import Image
 
     from camscope.core.runtime import SpeedSettings
+    from camscope.engine import CamEngine
     from camscope.models import load_model
 
     loaded = load_model(args.model, weights_tag=args.weights_tag)

@@ -26,10 +26,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from camscope.core.tail import split_model
-
     from camscope.core.layers import default_layer
     from camscope.core.reshape import model_input_size
+    from camscope.core.split import split_model
     from camscope.models import load_model
 
     model = load_model(args.model, weights_tag=args.weights_tag).model

@@ -25,14 +25,13 @@ def main() -> None:
     p.add_argument("--methods", default="rollout,chefer,legrad,hirescam,layercam")
     args = p.parse_args()
 
-    from camscope.bench_synthetic import DEFAULT_SEED, score_maps
-    from camscope.core.engine import CamEngine
-
-    from camscope import synthetic as S
-    from camscope import synthetic_vit as V
     from camscope.core.capture import capture
     from camscope.core.postprocess import finalize
+    from camscope.engine import CamEngine
     from camscope.methods.registry import METHODS
+    from camscope.studies import synthetic as S
+    from camscope.studies import synthetic_vit as V
+    from camscope.studies.benchmark import DEFAULT_SEED, score_maps
 
     scenes = S.make_scenes(200, seed=DEFAULT_SEED)
     cells = torch.nn.functional.adaptive_avg_pool2d(scenes.masks.float()[:, None], 8)[:, 0]

@@ -25,11 +25,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from camscope.core.engine import CamEngine
 from torch import Tensor, nn
 
 from camscope.core.attention import attention_capture, attention_refusal
 from camscope.core.capture import capture
+from camscope.engine import CamEngine
 from camscope.errors import UsageError
 from camscope.methods.attention import chefer_maps, legrad_maps, rollout_maps
 from camscope.methods.registry import METHODS, methods_for

@@ -16,12 +16,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from camscope.core.engine import CamEngine
-from camscope.core.tail import split_model
 from torch import nn
 
 from camscope.core.layers import default_layer
 from camscope.core.runtime import SpeedSettings
+from camscope.core.split import split_model
+from camscope.engine import CamEngine
 from tests.reference import reference_maps
 
 transformers = pytest.importorskip("transformers")
