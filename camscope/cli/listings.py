@@ -1,4 +1,4 @@
-"""``camscope methods`` and ``camscope models``: what can be chosen."""
+"""``camscope methods``, ``camscope metrics`` and ``camscope models``: what can be chosen."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ def register(subparsers: Any) -> None:
     me.add_argument("--trust-remote-code", action="store_true",
                     help="Hugging Face models only: allow the model repository's own Python code to run")
     me.set_defaults(func=cmd_methods)
+    mt = subparsers.add_parser("metrics", help="list the registered metrics of camscope report --metrics")
+    mt.add_argument("--markdown", action="store_true", help="print the README's metric table")
+    mt.set_defaults(func=cmd_metrics)
     mo = subparsers.add_parser("models", help="list the classifiers --model takes: torchvision's, and timm's when installed")
     mo.add_argument("pattern", nargs="?", help="only names matching this pattern, e.g. 'vit_*'")
     from camscope.models.registry import listing_sources
@@ -58,6 +61,20 @@ def cmd_methods(args: argparse.Namespace) -> int:
         sys.stdout.write(f"\nnot for {args.model}:\n")
         for name, why in others:
             sys.stdout.write(f"  {name:22s} {why}\n")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from camscope.metrics.registry import CATEGORIES, METRICS, metrics_markdown
+
+    if args.markdown:
+        sys.stdout.write(metrics_markdown() + "\n")
+        return 0
+    order = {c: i for i, c in enumerate(CATEGORIES)}
+    for m in sorted(METRICS.values(), key=lambda m: order[m.category]):
+        mark = "*" if m.default else " "
+        sys.stdout.write(f"{mark} {m.category:14s} {m.name:28s} {m.title:40s} {m.direction:6s} {m.cost}\n")
+    sys.stdout.write("(* = in the default set of camscope report; --metrics NAME,CATEGORY,all selects)\n")
     return 0
 
 

@@ -29,7 +29,7 @@ def _normalised(maps: Tensor) -> tuple[Tensor, Tensor]:
     "sparseness", title="Sparseness (Gini index)", category="complexity", direction="higher",
     paper="Chalasani et al., ICML 2020", url="https://arxiv.org/abs/1810.06583",
     equation="G(a) = sum_i (2i - n - 1) a_(i) / (n sum_i a_(i)),  a_(1) <= ... <= a_(n),  a = |map| / max|map| + 1e-7",
-    cost="0 forwards",
+    cost="0 forwards", default=True,
 )
 def sparseness(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     """Gini index of the map's values (Chalasani et al. 2020, "Concise explanations of neural
@@ -48,7 +48,7 @@ def sparseness(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     "complexity", title="Complexity (entropy)", category="complexity", direction="lower",
     paper="Bhatt et al., IJCAI 2020", url="https://arxiv.org/abs/2005.00631",
     equation="H(a) = -sum_i p_i ln p_i,  p_i = |a_i| / sum_j |a_j|",
-    cost="0 forwards",
+    cost="0 forwards", default=True,
 )
 def complexity(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     """Entropy of the fractional contribution of each pixel (Bhatt et al. 2020, "Evaluating and
@@ -67,7 +67,7 @@ _EFFECTIVE = {"eps": 1e-5}
     "effective_complexity", title="Effective Complexity", category="complexity", direction="lower",
     paper="Nguyen & Martinez, arXiv 2020", url="https://arxiv.org/abs/2007.07584",
     equation="EC(a) = #{i : |a_i| / max|a| > eps}",
-    cost="0 forwards", params=_EFFECTIVE,
+    cost="0 forwards", default=True, params=_EFFECTIVE,
 )
 def effective_complexity(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     """Number of pixels whose max-normalised |relevance| exceeds ``eps`` (Nguyen & Martinez 2020,

@@ -42,7 +42,7 @@ def _descending(a: Tensor) -> Tensor:
 @register_metric(
     "relevance_mass", title="Relevance Mass Accuracy", category="localisation", direction="higher",
     paper="Arras et al., Information Fusion 2022", url="https://arxiv.org/abs/2003.07258",
-    equation="RMA = sum_{i in GT} a_i / sum_i a_i", keys=("relevance_mass",), needs=("region",),
+    equation="RMA = sum_{i in GT} a_i / sum_i a_i", keys=("relevance_mass",), needs=("region",), default=True,
 )
 def relevance_mass_accuracy(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     """Share of the map's total relevance inside the ground-truth region (Arras et al. 2022,
@@ -60,7 +60,7 @@ def relevance_mass_accuracy(inputs: MetricInputs, maps: Tensor) -> dict[str, Ten
 @register_metric(
     "relevance_rank", title="Relevance Rank Accuracy", category="localisation", direction="higher",
     paper="Arras et al., Information Fusion 2022", url="https://arxiv.org/abs/2003.07258",
-    equation="RRA = |top_K(a) ∩ GT| / K,  K = |GT|", needs=("region",),
+    equation="RRA = |top_K(a) ∩ GT| / K,  K = |GT|", needs=("region",), default=True,
 )
 def relevance_rank_accuracy(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     """Share of the K most relevant pixels that fall in the region, K = the region's size (Arras
@@ -79,7 +79,7 @@ _TOPK = {"k": 1000, "concept_influence": False}
 @register_metric(
     "top_k_intersection", title="Top-K Intersection", category="localisation", direction="higher",
     paper="Theiner et al., WACV 2022", url="https://arxiv.org/abs/2104.01061",
-    equation="TKI = |top_k(a) ∩ GT| / k  (concept influence: x n / |GT|)", needs=("region",),
+    equation="TKI = |top_k(a) ∩ GT| / k  (concept influence: x n / |GT|)", needs=("region",), default=True,
     params=_TOPK,
 )
 def top_k_intersection(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
@@ -105,7 +105,7 @@ def top_k_intersection(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     "attribution_localisation", title="Attribution Localisation", category="localisation",
     direction="higher", paper="Kohlbrenner et al., IJCNN 2020", url="https://arxiv.org/abs/1910.09840",
     equation="mu = R_in / R_tot (positive relevance);  mu_w = mu * S_tot / S_in",
-    keys=("attribution_localisation", "attribution_localisation_weighted"), needs=("region",),
+    keys=("attribution_localisation", "attribution_localisation_weighted"), needs=("region",), default=True,
 )
 def attribution_localisation(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     """Share of the positive relevance inside the region, and the same weighted by the inverse of

@@ -37,6 +37,7 @@ __all__ = [
     "get_metric",
     "metric_names",
     "metrics_in",
+    "metrics_markdown",
     "all_columns",
     "call_metric",
     "register_metric",
@@ -234,6 +235,23 @@ def all_columns(specs: Sequence[MetricSpec] | None = None) -> list[tuple[MetricS
     order = {c: i for i, c in enumerate(CATEGORIES)}
     specs.sort(key=lambda m: order[m.category])
     return [(m, c) for m in specs for c in m.columns]
+
+
+def metrics_markdown() -> str:
+    """The README's metric table (``camscope metrics --markdown``), from the registry, by category."""
+    order = {c: i for i, c in enumerate(CATEGORIES)}
+    lines = [
+        "| category | `--metrics` name | metric | paper | better | needs | cost per map | default |",
+        "|---|---|---|---|---|---|---|:---:|",
+    ]
+    for m in sorted(METRICS.values(), key=lambda m: order[m.category]):
+        needs = ", ".join(sorted(m.needs)) or "the maps"
+        paper = f"[{m.paper}]({m.url})" if m.url else m.paper
+        lines.append(
+            f"| {m.category} | `{m.name}` | {m.title} | {paper} | {m.direction} | {needs} | {m.cost} | "
+            f"{'yes' if m.default else ''} |"
+        )
+    return "\n".join(lines)
 
 
 def call_metric(spec: MetricSpec, inputs: MetricInputs, maps: Tensor) -> dict[str, list[Any]]:

@@ -45,6 +45,20 @@ MIN_POINTING = {
     "ablationcam": 0.20 - 0.08,
     "scorecam": 0.58 - 0.08,
     "scorecam-logit-softmax": 0.62 - 0.08,
+    "gradcam-elementwise": 0.80 - 0.08,
+    "shapleycam": 0.21 - 0.08,
+    "finercam": 0.24 - 0.08,
+    "smoothgradcampp": 0.42 - 0.08,
+    "eigengradcam": 0.70 - 0.08,
+    "kpcacam": 0.57 - 0.08,
+    "guidedbackprop": 0.59 - 0.08,
+    "guidedgradcam": 0.61 - 0.08,
+    "fullgrad": 0.62 - 0.08,
+    "layercam-fusion": 0.65 - 0.08,
+    "refinecam": 0.49 - 0.08,
+    "rollout": 0.73 - 0.08,
+    "chefer": 0.56 - 0.08,
+    "legrad": 0.79 - 0.08,
 }
 MIN_ENERGY_RATIO = 1.5
 #: Methods held to a floor here (every registered one that can explain the ViT, less the

@@ -102,3 +102,14 @@ def test_costly_metrics_are_not_in_the_default_set():
         assert METRICS[name].default is False
     for name in ("sparseness", "complexity", "relevance_mass"):
         assert METRICS[name].default is True
+
+
+def test_readme_table_comes_from_the_registry() -> None:
+    from pathlib import Path
+
+    from camscope.metrics.registry import metrics_markdown
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    start = text.index("<!-- metrics-table")
+    block = text[text.index("\n", start) + 1 : text.index("<!-- /metrics-table -->")].strip()
+    assert block == metrics_markdown()
