@@ -38,6 +38,7 @@ from camscope.metrics.localisation import (
     find_boxes,
     load_boxes,
     pointing_game,
+    pointing_hits,
     region_mask,
     scale_boxes,
 )
@@ -98,6 +99,7 @@ __all__ = [
     "noisy_linear_imputation",
     "pairwise_agreement",
     "pointing_game",
+    "pointing_hits",
     "randomization_layers",
     "region_mask",
     "road",

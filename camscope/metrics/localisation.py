@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from camscope.errors import UsageError
@@ -136,6 +137,24 @@ def pointing_game(
     maxima = sal == sal.max()
     inside = zone[maxima]
     return bool(inside.all() if ties == "all" else inside.any())
+
+
+def pointing_hits(maps: torch.Tensor, masks: torch.Tensor, *, ties: str = "all") -> torch.Tensor:
+    """:func:`pointing_game` at 0 px tolerance for a batch: (n,H,W) maps and masks -> (n,) bool.
+
+    ``ties="first"``: the first maximum in row-major order (a NaN is never the maximum; a
+    constant map points at pixel (0,0)); ``"all"``: every maximum must be inside.
+    """
+    if maps.dim() != 3 or maps.shape != masks.shape:
+        raise ValueError(f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must both be (n,H,W)")
+    if ties not in ("all", "first"):
+        raise UsageError(f"ties: expected 'all' or 'first', got {ties!r}")
+    flat = torch.nan_to_num(maps.detach().reshape(maps.shape[0], -1).float(), nan=-math.inf)
+    region = masks.reshape(masks.shape[0], -1).bool().to(flat.device)
+    if ties == "first":
+        return region.gather(1, flat.argmax(dim=1)[:, None])[:, 0]
+    maxima = flat == flat.amax(dim=1, keepdim=True)
+    return (maxima & ~region).sum(dim=1) == 0
 
 
 def energy_pointing_game(saliency: MapLike, mask_or_boxes: RegionLike) -> float:

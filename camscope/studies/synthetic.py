@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camscope.core.threads import torch_threads
+from camscope.metrics.localisation import pointing_hits
 
 __all__ = [
     "SHAPES",
@@ -490,12 +491,7 @@ def cam_points_inside(maps: Tensor, masks: Tensor) -> Tensor:
     """Pointing game: whether the argmax of each map (n,H,W) falls inside its mask (n,H,W).
 
     Ties are broken by the first maximum in row-major order. A map that is constant (e.g. all
-    zeros) counts as pointing at pixel (0,0).
+    zeros) counts as pointing at pixel (0,0). (:func:`camscope.metrics.pointing_hits` with
+    ``ties="first"``.)
     """
-    if maps.dim() != 3 or maps.shape != masks.shape:
-        raise ValueError(
-            f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must both be (n,H,W)"
-        )
-    flat = torch.nan_to_num(maps.detach().reshape(maps.shape[0], -1).float(), nan=-math.inf)
-    idx = flat.argmax(dim=1)
-    return masks.reshape(masks.shape[0], -1).bool().gather(1, idx[:, None].to(masks.device))[:, 0]
+    return pointing_hits(maps, masks, ties="first")

@@ -146,3 +146,24 @@ def test_load_boxes_malformed_xml(tmp_path: Path) -> None:
     p.write_text("<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax></bndbox></object></annotation>")
     with pytest.raises(UsageError, match=r"bad\.xml: <object> #1: missing <ymax>"):
         load_boxes(p)
+
+
+def test_pointing_hits_is_the_pointing_game_of_a_batch() -> None:
+    """The batched form (the synthetic benchmark's and the localisation tests') gives
+    pointing_game's verdict scene by scene, for both tie rules."""
+    import torch
+
+    from camscope.metrics import pointing_game, pointing_hits
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(40, 12, 12, generator=g).round(decimals=1)  # many ties
+    maps[0] = 0.0  # constant: "first" points at (0, 0), "all" misses unless all inside
+    maps[1, 3, 4] = float("nan")
+    masks = torch.rand(40, 12, 12, generator=g) > 0.6
+    masks[0, 0, 0] = True
+    for ties in ("all", "first"):
+        got = pointing_hits(maps, masks, ties=ties).tolist()
+        want = [pointing_game(torch.nan_to_num(maps[i], nan=-1.0).numpy(), masks[i].numpy(), tolerance=0, ties=ties)
+                for i in range(40)]
+        assert got == want, ties
+    assert pointing_hits(maps[:1], masks[:1], ties="first").item() is True
