@@ -9,13 +9,14 @@ small watcher process in its own session: it keeps a list of the driver's descen
 (SIGTERM, then SIGKILL after ``GRACE`` seconds; a process is recognised by its pid *and* start
 time, so a recycled pid is never hit). Linux only (``/proc``); elsewhere nothing is started.
 
-    python -m camscope.scale.reaper DRIVER_PID
+    python camscope/scale/reaper.py DRIVER_PID
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -81,8 +82,15 @@ def reap(driver: int, *, interval: float = INTERVAL, grace: float = GRACE) -> in
         return 0
     known: set[Proc] = set()
     me = os.getpid()
+    ready = False
     while _alive((driver, start[1])):
         known = {p for p in known if _alive(p)} | {p for p in descendants(driver) if p[0] != me}
+        if not ready:  # the driver waits for this line: from now on nothing it starts is missed
+            with contextlib.suppress(OSError):
+                sys.stdout.write("watching\n")
+                sys.stdout.flush()
+                sys.stdout.close()
+            ready = True
         time.sleep(interval)
     left = {p for p in known if _alive(p)}
     _signal(left, signal.SIGTERM)
@@ -93,16 +101,24 @@ def reap(driver: int, *, interval: float = INTERVAL, grace: float = GRACE) -> in
     return len(left)
 
 
-def start_reaper(driver: int | None = None) -> subprocess.Popen | None:
-    """Start the watcher of ``driver`` (default: this process) in its own session; None where
-    there is no /proc. Stop it with ``terminate()`` once the driver has shut Ray down itself."""
+def start_reaper(driver: int | None = None, *, timeout: float = 30.0) -> subprocess.Popen | None:
+    """Start the watcher of ``driver`` (default: this process) in its own session and wait
+    (at most ``timeout`` seconds) until it watches; None where there is no /proc. Stop it with
+    ``terminate()`` once the driver has shut Ray down itself. The watcher is this file run as a
+    script: it imports nothing but the standard library, so it starts in milliseconds."""
     if not Path("/proc/self/stat").exists():
         return None
-    return subprocess.Popen(
-        [sys.executable, "-m", "camscope.scale.reaper", str(driver or os.getpid())],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(
+        [sys.executable, "-S", str(Path(__file__).resolve()), str(driver or os.getpid())],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
     )  # fmt: skip
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if ready:
+        proc.stdout.readline()
+    proc.stdout.close()
+    return proc
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def test_orphans_of_a_killed_driver_are_ended(tmp_path: Path) -> None:
         reaper = start_reaper()
         child = subprocess.Popen([sys.executable, "-c",
             "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], start_new_session=True); time.sleep(300)"])
-        time.sleep(1.5)  # the reaper's list holds the grandchild by now
+        time.sleep(3)  # the reaper (polling every 0.5 s) lists the grandchild by now
         Path({ready!r}).write_text(f"{{reaper.pid}}")
         time.sleep(300)
         """,
