@@ -421,7 +421,7 @@ def test_pixel_level_maps_are_drawn_as_pixels() -> None:
 
     from camscope.core.smoothing import Smoothing
     from camscope.render.draw import colorize, overlay
-    from camscope.run.explainer import figure_rows
+    from camscope.render.comparison import figure_rows
 
     photo = Image.fromarray(np.full((20, 20, 3), 90, dtype=np.uint8))
     sal = np.zeros((20, 20), dtype=np.float32)
