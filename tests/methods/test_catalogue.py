@@ -420,8 +420,8 @@ def test_pixel_level_maps_are_drawn_as_pixels() -> None:
     from PIL import Image
 
     from camscope.core.smoothing import Smoothing
-    from camscope.render.draw import colorize, overlay
     from camscope.render.comparison import figure_rows
+    from camscope.render.draw import colorize, overlay
 
     photo = Image.fromarray(np.full((20, 20, 3), 90, dtype=np.uint8))
     sal = np.zeros((20, 20), dtype=np.float32)
