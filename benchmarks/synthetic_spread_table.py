@@ -25,7 +25,7 @@ def _cell(m: dict | None, key: str, pct: bool) -> str:
         return "–"
     v = m[key]
     if pct:
-        return f"{100 * v['mean']:.1f} % ({100 * v['min']:.0f}-{100 * v['max']:.0f})"
+        return f"{100 * v['mean']:.1f} % ({100 * v['min']:.1f}-{100 * v['max']:.1f})"
     return f"{v['mean']:.2f}x ({v['min']:.2f}-{v['max']:.2f})"
 
 
