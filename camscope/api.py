@@ -92,14 +92,12 @@ def compute_cams(
     allow_trace: bool = True,
     **deprecated: Any,
 ) -> CamResult:
-    """One-call convenience around :class:`CamEngine` for a batch of images (``targets``,
-    ``top_k``, ``task``: see :meth:`camscope.engine.CamEngine.__call__`)."""
-    engine = CamEngine(
-        model, layer, methods=methods, smoothing=smoothing, normalization=normalization,
-        speed=speed_with_legacy(speed, deprecated, "compute_cams"), progress=progress, reshape=reshape,
-        input_size=tuple(images.shape), allow_trace=allow_trace,
-    )
-    return engine(images, targets, top_k, task)
+    """:func:`camscope.engine.compute_cams` (see there), returning a :class:`CamResult`."""
+    return CamResult.of(_engine.compute_cams(
+        model, images, layer=layer, methods=methods, targets=targets, top_k=top_k, smoothing=smoothing,
+        normalization=normalization, speed=speed, progress=progress, reshape=reshape, task=task,
+        allow_trace=allow_trace, **deprecated,
+    ))  # fmt: skip
 
 
 def explain(

@@ -79,8 +79,46 @@ class MethodScore:
     energy_ratio_median: float = float("nan")
 
 
+class _TableOutput:
+    """What both benchmark tables write: aligned text, the JSON and markdown files (from their
+    ``_cells``, ``caption``, ``to_markdown`` and ``to_dict``)."""
+
+    def _cells(self) -> tuple[list[str], list[list[str]]]:
+        raise NotImplementedError
+
+    def caption(self) -> str:
+        raise NotImplementedError
+
+    def to_markdown(self) -> str:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_text(self) -> str:
+        """A plain aligned table plus a one-line caption."""
+        head, body = self._cells()
+        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+        fmt = [str.ljust] + [str.rjust] * (len(head) - 1)
+        lines = ["  ".join(f(c, w) for f, c, w in zip(fmt, row, widths, strict=True)) for row in [head, *body]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines) + "\n" + self.caption() + "\n"
+
+    def save_json(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write ``bench_synthetic.json`` and ``bench_synthetic.md`` into ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"json": out / "bench_synthetic.json", "markdown": out / "bench_synthetic.md"}
+        self.save_json(paths["json"])
+        atomic_write_text(paths["markdown"], self.to_markdown())
+        return paths
+
+
 @dataclass
-class BenchTable:
+class BenchTable(_TableOutput):
     """Result of :func:`run_synthetic_benchmark`: one :class:`MethodScore` per row."""
 
     rows: list[MethodScore]
@@ -146,14 +184,6 @@ class BenchTable:
         lines.append(self.caption())
         return "\n".join(lines) + "\n"
 
-    def to_text(self) -> str:
-        """A plain aligned table plus a one-line caption."""
-        head, body = self._cells()
-        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-        fmt = [str.ljust] + [str.rjust] * (len(head) - 1)
-        lines = ["  ".join(f(c, w) for f, c, w in zip(fmt, row, widths, strict=True)) for row in [head, *body]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines) + "\n" + self.caption() + "\n"
 
     def caption(self) -> str:
         verdict = (
@@ -168,17 +198,6 @@ class BenchTable:
             f"{RATIO_TARGET:g}x; {verdict}."
         )
 
-    def save_json(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-
-    def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write ``bench_synthetic.json`` and ``bench_synthetic.md`` into ``out_dir``."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": out / "bench_synthetic.json", "markdown": out / "bench_synthetic.md"}
-        self.save_json(paths["json"])
-        atomic_write_text(paths["markdown"], self.to_markdown())
-        return paths
 
 
 def score_maps(
@@ -362,7 +381,7 @@ def _spread(values: Sequence[float]) -> tuple[float, float, float]:
 
 
 @dataclass
-class SeedsTable:
+class SeedsTable(_TableOutput):
     """:func:`run_synthetic_seeds`: the benchmark of one model trained with several seeds.
 
     A model trained on another machine differs in its last bits, and training amplifies them;
@@ -425,13 +444,6 @@ class SeedsTable:
         lines += ["| " + " | ".join(row) + " |" for row in body]
         return "\n".join([*lines, "", self.caption()]) + "\n"
 
-    def to_text(self) -> str:
-        head, body = self._cells()
-        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-        fmt = [str.ljust] + [str.rjust] * (len(head) - 1)
-        lines = ["  ".join(f(c, w) for f, c, w in zip(fmt, row, widths, strict=True)) for row in [head, *body]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines) + "\n" + self.caption() + "\n"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -446,22 +458,6 @@ class SeedsTable:
             ],
             "per_seed": [t.to_dict() for t in self.tables],
         }
-
-    def save_json(self, path: str | Path) -> None:
-        from camscope.io.atomic import atomic_write_text
-
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-
-    def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write ``bench_synthetic.json`` and ``bench_synthetic.md`` into ``out_dir``."""
-        from camscope.io.atomic import atomic_write_text
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": out / "bench_synthetic.json", "markdown": out / "bench_synthetic.md"}
-        self.save_json(paths["json"])
-        atomic_write_text(paths["markdown"], self.to_markdown())
-        return paths
 
 
 def run_synthetic_seeds(seeds: Sequence[int], *, command: str = "", **kw: Any) -> SeedsTable:
