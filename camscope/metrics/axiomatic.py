@@ -55,7 +55,7 @@ def non_sensitivity(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     h, w = image.shape[-2:]
     ps = int(p["patch"])
     if ps < 1:
-        raise UsageError("metric non-sensitivity: patch must be >= 1")
+        raise UsageError("metric non_sensitivity: patch must be >= 1")
     gh, gw = math.ceil(h / ps), math.ceil(w / ps)
     rows = torch.arange(h, device=image.device) // ps
     cols = torch.arange(w, device=image.device) // ps

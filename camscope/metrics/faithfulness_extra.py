@@ -72,7 +72,7 @@ def faithfulness_correlation(inputs: MetricInputs, maps: Tensor) -> dict[str, Te
     n = h * w
     runs, size = int(p["nr_runs"]), int(p["subset_size"])
     if not 1 <= size <= n or runs < 2:
-        raise UsageError(f"metric faithfulness-correlation: need 1 <= subset_size <= {n} and nr_runs >= 2")
+        raise UsageError(f"metric faithfulness_correlation: need 1 <= subset_size <= {n} and nr_runs >= 2")
     g = inputs.generator()
     subsets = torch.rand(runs, n, generator=g, device=image.device).argsort(dim=1)[:, :size]
     chosen = torch.zeros(runs, n, dtype=torch.bool, device=image.device)

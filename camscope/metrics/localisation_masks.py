@@ -91,7 +91,7 @@ def top_k_intersection(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
     n = maps.shape[-2] * maps.shape[-1]
     k = int(p["k"])
     if not 1 <= k <= n:
-        raise UsageError(f"metric top-k-intersection: k={k} must be between 1 and the map's {n} pixels")
+        raise UsageError(f"metric top_k_intersection: k={k} must be between 1 and the map's {n} pixels")
     if r is None or not bool(r.any()):
         return {"top_k_intersection": _nan(maps)}
     top = _descending(flat(maps))[:, :k]

@@ -25,7 +25,7 @@ def ssim_data_range(a: np.ndarray, b: np.ndarray) -> float:
     try:
         from skimage.metrics import structural_similarity  # optional: scikit-image, only for SSIM
     except ImportError:
-        raise UsageError("metric random-logit: SSIM needs scikit-image (pip install scikit-image)") from None
+        raise UsageError("metric random_logit: SSIM needs scikit-image (pip install scikit-image)") from None
 
     both = np.concatenate([a.ravel(), b.ravel()])
     rng = float(abs(both.max() - both.min()))
@@ -62,7 +62,7 @@ def random_logit(inputs: MetricInputs, maps: Tensor) -> dict[str, Tensor]:
             c = int(forward(image.unsqueeze(0)).shape[1])
     c = int(c)
     if c < 2:
-        raise UsageError("metric random-logit: needs at least 2 classes")
+        raise UsageError("metric random_logit: needs at least 2 classes")
     g = inputs.generator()
     off = int(torch.randint(0, c - 1, (1,), generator=g, device=image.device))
     other = off + (off >= inputs.target)
