@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="measure only every N-th photo from the I-th (run N at once on one --cache, then once without)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="print the table over the photos already in --cache (measure nothing)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -185,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     if not root.is_dir():
         root = Path("/work/shared/images")
     photos = find_photos(root, args.limit)
+    if args.cached_only and args.cache:
+        photos = [ph for ph in photos if (Path(args.cache) / f"{ph.stem}.npz").exists()]
     if args.shard:
         i, n = (int(v) for v in args.shard.split("/"))
         photos = photos[i::n]
