@@ -130,7 +130,7 @@ def write_report(
     variants = list(manifest.outputs)
     columns = report_columns(recs)
     summary = summarize(recs, variants)
-    findings = run_findings(recs, summary)
+    findings = run_findings(recs, summary, model=manifest.settings.model, random_weights=manifest.settings.random_weights)
     images = PageImages(out, embed)
     written: list[Path] = []
 
