@@ -29,6 +29,7 @@ __all__ = [
     "run_findings",
     "best_variant",
     "category_findings",
+    "clear_best_variant",
     "gap",
     "guidance_findings",
     "Lead",
@@ -118,6 +119,16 @@ def best_variant(entry: dict) -> str | None:
         g = gap(v)
         if not math.isnan(g) and g > best_gap:
             best, best_gap = name, g
+    return best
+
+
+def clear_best_variant(entry: dict) -> str | None:
+    """:func:`best_variant` when it stands out (its gap more than SIMILAR_GAP above the least
+    faithful map's), else None: the maps are about equally faithful."""
+    best = best_variant(entry)
+    gaps = [gap(v) for v in entry.get("variants", {}).values() if not math.isnan(gap(v))]
+    if best is None or len(gaps) < 2 or max(gaps) - min(gaps) < SIMILAR_GAP:
+        return None
     return best
 
 
@@ -248,8 +259,11 @@ def _prediction_findings(record: dict, entry: dict) -> list[str]:
     if truth is None or correct is None:
         return out
     true_name = record.get("true_name") or f"class {truth}"
+    # The label comes from the WordNet id in the file name: nobody checked it against the photo
+    # (ImageNet's labels are noisy), so the findings compare with "the file name's label" and
+    # never call it the true class.
     if correct:
-        out.append(f"Correctly classified as '{true_name}' (p = {as_float(pred.get('prob')):.2f}).")
+        out.append(f"Predicted '{true_name}' (p = {as_float(pred.get('prob')):.2f}), the file name's label.")
         return out
     ranks = [i for i, t in enumerate(top5) if t.get("class") == truth]
     where_true = (
@@ -258,9 +272,10 @@ def _prediction_findings(record: dict, entry: dict) -> list[str]:
     names = list(entry.get("variants", {}))
     plain = [n for n in names if not entry["variants"][n].get("smoothing")] or names
     out.append(
-        f"Misclassified: the model predicted '{pred.get('name')}' (p = {as_float(pred.get('prob')):.2f}) but the "
-        f"true class is '{true_name}' ({where_true}). The maps explain '{explained}' and point at "
-        f"{_where(entry, plain, record.get('box_fraction'))}."
+        f"Not the file name's label: the model predicted '{pred.get('name')}' (p = {as_float(pred.get('prob')):.2f}); "
+        f"the file name says '{true_name}' ({where_true}). The maps explain '{explained}' and point at "
+        f"{_where(entry, plain, record.get('box_fraction'))}; look at the photo before calling this an error "
+        "(a file-name label can be wrong too)."
     )
     return out
 
@@ -449,8 +464,9 @@ def run_findings(records: Sequence[dict], summary: dict, *, model: str | None = 
     variants = summary.get("variants", {})
     labels = {n: v.get("label") or n for n, v in variants.items()}
     ranking = summary.get("ranking") or []
-    if ranking:
-        out.append(_overall_sentence(summary, len(records), labels))
+    faith = (summary.get("categories") or {}).get("faithfulness") or {}
+    if ranking and list(summary.get("ranking_metrics") or []) != list(faith.get("columns") or []):
+        out.append(_overall_sentence(summary, len(records), labels))  # else: the faithfulness guidance said it
     for n, v in variants.items():
         d = v.get("metrics", {}).get("degenerate", {})
         count = round(as_float(d.get("mean")) * d.get("n", 0)) if _ok(d.get("mean")) else 0
@@ -459,10 +475,11 @@ def run_findings(records: Sequence[dict], summary: dict, *, model: str | None = 
     known = [r for r in records if r.get("correct") is not None]
     wrong = [r for r in known if r.get("correct") is False]
     if known:
-        text = f"{len(known) - len(wrong)} of {len(known)} photos with a known class were classified correctly"
+        text = (f"{len(known) - len(wrong)} of {len(known)} predictions match the label in the photo's file name "
+                "(its WordNet id; not checked against the photo)")
         if wrong:
             names = [r.get("rel", "?") for r in wrong[:5]]
-            text += "; misclassified: " + _join(names) + (" ..." if len(wrong) > 5 else "")
+            text += "; they differ on " + _join(names) + (" ..." if len(wrong) > 5 else "")
         out.append(text + ".")
     pairs = summary.get("agreement") or []
     plain_pairs = [
@@ -482,6 +499,9 @@ def run_findings(records: Sequence[dict], summary: dict, *, model: str | None = 
                 f"; {labels.get(lo['a'], lo['a'])} and {labels.get(lo['b'], lo['b'])} least "
                 f"(Spearman {as_float(lo['spearman_mean']):.2f})"
             )
+            if as_float(lo["spearman_mean"]) >= AGREE_SPEARMAN:
+                text += (f". Every pair agrees closely (mean Spearman >= {as_float(lo['spearman_mean']):.2f}): "
+                         "on this model the choice among these methods changes the map little")
         out.append(text + ".")
     # smoothing: mean gap change per smoothing over methods and photos
     by_smoothing: dict[str, list[float]] = {}
@@ -540,9 +560,10 @@ def _overall_sentence(summary: dict, n_records: int, labels: Mapping[str, str]) 
         else:
             text += (f", but not decisively ahead of {second} ({ld.second_rank:.2f}): {ld.photos()}, "
                      f"which these photos do not settle")
-    if len(ranking) > 2:
-        last = ranking[-1]
-        text += f"; {labels.get(last, last)} comes last ({as_float(mr.get(last)):.2f})"
+    bottom = lead(ranking, mr, summary.get("photo_ranks"), first=-2) if len(ranking) > 2 else None
+    if bottom is not None and not bottom.tie:
+        last = labels.get(bottom.second, bottom.second)
+        text += f"; {last} comes last ({bottom.second_rank:.2f}{'' if bottom.decisive else ', not decisively'})"
     return text + "."
 
 

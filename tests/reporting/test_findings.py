@@ -91,8 +91,9 @@ def test_misclassified_without_boxes_says_where_maxima_are() -> None:
                   true_class=1, true_name="tabby", correct=False)
     f = image_findings(rec)
     assert f[0] == (
-        "Misclassified: the model predicted 'lynx' (p = 0.51) but the true class is 'tabby' (ranked 3 with "
-        "p = 0.10). The maps explain 'lynx' and point at the centre (Grad-CAM) and the bottom (Score-CAM)."
+        "Not the file name's label: the model predicted 'lynx' (p = 0.51); the file name says 'tabby' (ranked 3 "
+        "with p = 0.10). The maps explain 'lynx' and point at the centre (Grad-CAM) and the bottom (Score-CAM); "
+        "look at the photo before calling this an error (a file-name label can be wrong too)."
     )
     rec["top5"] = rec["top5"][:1]
     assert "(not in the top 5)" in image_findings(rec)[0]
@@ -108,11 +109,12 @@ def test_misclassified_with_boxes_uses_pointing_game() -> None:
     f = image_findings(rec)
     assert f[0].endswith(
         "point at the annotated object for 1 of 2 maps (pointing game), with 45% of their energy in the box "
-        "on average (the box covers 20% of the image)."
+        "on average (the box covers 20% of the image); look at the photo before calling this an error (a "
+        "file-name label can be wrong too)."
     )
     rec["correct"] = True
     f = image_findings(rec)
-    assert f[0] == "Correctly classified as 'tabby' (p = 0.50)."
+    assert f[0] == "Predicted 'tabby' (p = 0.50), the file name's label."
     assert (
         "1 of 2 maps point inside the annotated object (pointing game); the energy inside the box ranges "
         "from 30% (Score-CAM) to 60% (Grad-CAM), against 20% for a uniform map." in f
@@ -175,10 +177,11 @@ def test_summarize_mean_std_and_mean_rank_by_hand() -> None:
                            "worse on 1, sign test p = 1; mean faithfulness rank 1.40 vs 1.60.")
     assert "Deletion AUC 0.200 vs 0.200 (lower is better), Insertion AUC 0.450 vs 0.500 (higher is better)" in f[0]
     assert f[1].startswith("Best localising on this model: not measured — these photos have no boxes or masks")
-    assert f[2].startswith("Over 2 photos, no method ranks first overall across Deletion AUC, Insertion AUC")
-    assert "A and B tie, mean rank 1.40 and 1.60" in f[2]
+    # the overall ranking uses the faithfulness columns only here: the guidance already said it
+    assert not any(x.startswith("Over 2 photos") for x in f)
     assert "B was degenerate on 1 of 2 photos." in f
-    assert "1 of 2 photos with a known class were classified correctly; misclassified: p2." in f
+    assert ("1 of 2 predictions match the label in the photo's file name (its WordNet id; not checked against the "
+            "photo); they differ on p2.") in f
     rows = metric_rows(recs)
     assert len(rows) == 4 and rows[1]["variant"] == "B" and rows[1]["degenerate"] == "empty"
     assert rows[0]["gap"] == pytest.approx(0.4) and rows[2]["average_drop"] is None
@@ -246,6 +249,11 @@ def test_categories_ranked_and_disagreement_named_by_hand() -> None:
     assert ("The categories disagree: B is the best localised but the least faithful (localisation mean rank "
             "1.00, faithfulness 3.00); no single ranking describes these maps.") in f
     assert not any("disagree" in x and "complex" in x for x in f)  # complexity describes, it does not judge
+    # overall (faithfulness + localisation) every variant has mean rank 2 on every photo: a tie, no winner
+    overall = [x for x in run_findings(recs, s) if x.startswith("Over 8 photos")]
+    assert overall == ["Over 8 photos, no method ranks first overall across Deletion AUC and Energy pointing game: "
+                       "A and B tie, mean rank 2.00 and 2.00, A better on 0 of 8 photos, worse on 0, equal on 8, "
+                       "sign test p = 1."]
     # stability: a reversed order at another setting gives tau = -1 and says so
     for i, rec in enumerate(recs):
         for name, x in zip("ABC", (0.3, 0.1, 0.2), strict=True):
