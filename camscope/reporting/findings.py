@@ -190,7 +190,7 @@ class Lead:
 
     def photos(self) -> str:
         """``better on 7 of 10 photos, worse on 2, equal on 1, sign test p = 0.18``."""
-        text = f"better on {self.wins} of {self.n} photos, worse on {self.losses}"
+        text = f"better on {self.wins} of {self.n} photo{'' if self.n == 1 else 's'}, worse on {self.losses}"
         if self.equal:
             text += f", equal on {self.equal}"
         return text + f", sign test p = {self.p:.2g}"
@@ -712,7 +712,7 @@ def guidance_findings(summary: dict, *, model: str | None = None, random_weights
             text = f"{what} {on}: {a}, ahead of the runner-up {b}: {ld.photos()}; {ranks}."
         else:
             text = (f"{what} {on}: no clear winner — {a} leads {b} ({ranks}) but is {ld.photos()}, "
-                    f"which {n_photos} photos do not settle.")
+                    f"which {n_photos} {'photo does' if n_photos == 1 else 'photos do'} not settle.")
         out.append(text + nums)
     if refused:
         out.append(

@@ -354,3 +354,12 @@ def test_guidance_best_localising_with_boxes_and_refused_methods() -> None:
     assert "Pointing game 100% vs 0% (higher is better), Energy pointing game 70% vs 20% (higher is better)" in f[2]
     assert f[3] == ("Not run on resnet50, though asked for: rollout (needs attention blocks (resnet50 has none)); "
                     "`camscope methods --model resnet50` lists the methods that apply.")
+
+
+def test_guidance_on_one_photo_is_never_a_winner() -> None:
+    from camscope.reporting.findings import guidance_findings
+
+    f = guidance_findings(summarize(_table({"A": [{"deletion_auc": 0.1}], "B": [{"deletion_auc": 0.3}]})))
+    assert f[0].startswith("Most faithful on this model: no clear winner — A leads B (mean faithfulness rank 1.00 vs "
+                           "2.00) but is better on 1 of 1 photo, worse on 0, sign test p = 1, which 1 photo does not "
+                           "settle.")
