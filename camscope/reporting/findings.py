@@ -499,9 +499,11 @@ def run_findings(records: Sequence[dict], summary: dict, *, model: str | None = 
                 f"; {labels.get(lo['a'], lo['a'])} and {labels.get(lo['b'], lo['b'])} least "
                 f"(Spearman {as_float(lo['spearman_mean']):.2f})"
             )
-            if as_float(lo["spearman_mean"]) >= AGREE_SPEARMAN:
-                text += (f". Every pair agrees closely (mean Spearman >= {as_float(lo['spearman_mean']):.2f}): "
-                         "on this model the choice among these methods changes the map little")
+            iou = min(as_float(p.get("top_iou_mean")) for p in plain_pairs)
+            if as_float(lo["spearman_mean"]) >= AGREE_SPEARMAN and iou >= AGREE_IOU:
+                text += (f". Every pair agrees closely on average (Spearman >= {as_float(lo['spearman_mean']):.2f}, "
+                         f"top-15% IoU >= {iou:.2f}): on this model and layer the choice among these methods "
+                         "changes the map little")
         out.append(text + ".")
     # smoothing: mean gap change per smoothing over methods and photos
     by_smoothing: dict[str, list[float]] = {}

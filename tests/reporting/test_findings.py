@@ -363,3 +363,21 @@ def test_guidance_on_one_photo_is_never_a_winner() -> None:
     assert f[0].startswith("Most faithful on this model: no clear winner — A leads B (mean faithfulness rank 1.00 vs "
                            "2.00) but is better on 1 of 1 photo, worse on 0, sign test p = 1, which 1 photo does not "
                            "settle.")
+
+
+def test_run_says_when_every_pair_agrees_closely() -> None:
+    def recs(rho: float, iou: float) -> list[dict]:
+        a = {"label": "A", "method": "A"}
+        return [{"rel": f"p{i}", "targets": [{"rank": 0, "class": 0, "variants": {"A": a, "B": {**a, "label": "B"},
+                                                                             "C": {**a, "label": "C"}},
+                 "agreement": [{"a": "A", "b": "B", "spearman": rho, "top_iou": iou},
+                               {"a": "A", "b": "C", "spearman": 0.99, "top_iou": 0.9},
+                               {"a": "B", "b": "C", "spearman": 0.97, "top_iou": 0.8}]}]} for i in range(3)]
+
+    close = recs(0.95, 0.73)
+    f = [x for x in run_findings(close, summarize(close)) if x.startswith("On average")]
+    assert f == ["On average A and C agree most (Spearman 0.99, top-15% IoU 0.90); A and B least (Spearman 0.95). "
+                 "Every pair agrees closely on average (Spearman >= 0.95, top-15% IoU >= 0.73): on this model and "
+                 "layer the choice among these methods changes the map little."]
+    far = recs(0.95, 0.3)  # rank-correlated but their top regions differ: not "close"
+    assert not any("Every pair" in x for x in run_findings(far, summarize(far)))
