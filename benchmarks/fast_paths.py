@@ -8,7 +8,7 @@ Hugging Face models used before their split traced) against the traced split. Ru
 (off, auto, off, auto...) so that load on a shared machine hits both; every time is the engine
 call alone (model built once, imports excluded), with the Runtime's chosen mode.
 
-    python benchmarks/fast_paths.py --model efflite:build --methods scorecam --photo P.jpg
+    python benchmarks/fast_paths.py --model examples.efficientnet_lite0:build --methods scorecam --photo P.jpg
     python benchmarks/fast_paths.py --model hf/DIR --weights-tag none --methods ablationcam --compare split
 """
 

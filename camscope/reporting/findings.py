@@ -16,7 +16,8 @@ A per-class entry (``record["targets"][i]``) looks like::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -28,7 +29,12 @@ __all__ = [
     "run_findings",
     "best_variant",
     "category_findings",
+    "clear_best_variant",
     "gap",
+    "guidance_findings",
+    "Lead",
+    "lead",
+    "sign_test",
     "stability_findings",
 ]
 
@@ -45,6 +51,11 @@ SIMILAR_GAP = 0.02
 """Insertion - deletion gaps within 0.02 of each other are "about equally faithful"; a mean
 change by smoothing smaller than SAME_GAP leaves the gap "about unchanged"."""
 SAME_GAP = 0.005
+DECISIVE_P = 0.05
+"""A leader is named "the most ..." only when it beats the runner-up photo by photo with a
+two-sided sign test p below 0.05 (on 10 photos: at least 9 of the 10 photos where they differ);
+a smaller lead is said as a lead that the photos do not settle, equal mean ranks or as many
+wins as losses as a tie."""
 STABLE_TAU = 0.8
 """A ranking is "stable" across a metric's seeds / hyperparameter when Kendall's tau >= 0.8 for
 every alternative setting; below it the finding says the ranking moves."""
@@ -111,6 +122,16 @@ def best_variant(entry: dict) -> str | None:
     return best
 
 
+def clear_best_variant(entry: dict) -> str | None:
+    """:func:`best_variant` when it stands out (its gap more than SIMILAR_GAP above the least
+    faithful map's), else None: the maps are about equally faithful."""
+    best = best_variant(entry)
+    gaps = [gap(v) for v in entry.get("variants", {}).values() if not math.isnan(gap(v))]
+    if best is None or len(gaps) < 2 or max(gaps) - min(gaps) < SIMILAR_GAP:
+        return None
+    return best
+
+
 def _pair(entry: dict, a: str, b: str) -> dict | None:
     for p in entry.get("agreement", []):
         if {p.get("a"), p.get("b")} == {a, b}:
@@ -124,6 +145,77 @@ def _rows(variants: dict) -> dict[str, list[str]]:
     for name, v in variants.items():
         rows.setdefault(v.get("smoothing") or "", []).append(name)
     return rows
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test (binomial, p = 1/2) of ``wins`` against ``losses``; 1.0 with
+    no untied pair."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2.0 * tail)
+
+
+@dataclass(frozen=True)
+class Lead:
+    """How far ``first`` is ahead of ``second`` in a ranking: mean ranks (lower is better) and,
+    photo by photo, how often ``first``'s rank is better (``wins``), worse or equal."""
+
+    first: str
+    second: str
+    first_rank: float
+    second_rank: float
+    wins: int
+    losses: int
+    equal: int
+
+    @property
+    def n(self) -> int:
+        return self.wins + self.losses + self.equal
+
+    @property
+    def p(self) -> float:
+        """Sign test of the photo-by-photo comparison (equal photos left out)."""
+        return sign_test(self.wins, self.losses)
+
+    @property
+    def tie(self) -> bool:
+        return abs(self.first_rank - self.second_rank) < 1e-9 or self.wins <= self.losses
+
+    @property
+    def decisive(self) -> bool:
+        return not self.tie and self.p < DECISIVE_P
+
+    def photos(self) -> str:
+        """``better on 7 of 10 photos, worse on 2, equal on 1, sign test p = 0.18``."""
+        text = f"better on {self.wins} of {self.n} photo{'' if self.n == 1 else 's'}, worse on {self.losses}"
+        if self.equal:
+            text += f", equal on {self.equal}"
+        return text + f", sign test p = {self.p:.2g}"
+
+
+def lead(ranking: Sequence[str], mean_rank: Mapping[str, Any], photo_ranks: Mapping[str, Sequence[Any]] | None,
+         first: int = 0) -> Lead | None:
+    """The lead of ``ranking[first]`` over ``ranking[first + 1]`` (``first=-2``: of the
+    second-to-last over the last), compared on the photos where both have a rank."""
+    if len(ranking) < 2:
+        return None
+    a, b = ranking[first], ranking[first + 1]
+    ra, rb = (photo_ranks or {}).get(a) or [], (photo_ranks or {}).get(b) or []
+    wins = losses = equal = 0
+    for x, y in zip(ra, rb, strict=False):
+        x, y = as_float(x), as_float(y)
+        if math.isnan(x) or math.isnan(y):
+            continue
+        if abs(x - y) < 1e-9:
+            equal += 1
+        elif x < y:
+            wins += 1
+        else:
+            losses += 1
+    return Lead(a, b, as_float(mean_rank.get(a)), as_float(mean_rank.get(b)), wins, losses, equal)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,8 +259,11 @@ def _prediction_findings(record: dict, entry: dict) -> list[str]:
     if truth is None or correct is None:
         return out
     true_name = record.get("true_name") or f"class {truth}"
+    # The label comes from the WordNet id in the file name: nobody checked it against the photo
+    # (ImageNet's labels are noisy), so the findings compare with "the file name's label" and
+    # never call it the true class.
     if correct:
-        out.append(f"Correctly classified as '{true_name}' (p = {as_float(pred.get('prob')):.2f}).")
+        out.append(f"Predicted '{true_name}' (p = {as_float(pred.get('prob')):.2f}), the file name's label.")
         return out
     ranks = [i for i, t in enumerate(top5) if t.get("class") == truth]
     where_true = (
@@ -177,9 +272,10 @@ def _prediction_findings(record: dict, entry: dict) -> list[str]:
     names = list(entry.get("variants", {}))
     plain = [n for n in names if not entry["variants"][n].get("smoothing")] or names
     out.append(
-        f"Misclassified: the model predicted '{pred.get('name')}' (p = {as_float(pred.get('prob')):.2f}) but the "
-        f"true class is '{true_name}' ({where_true}). The maps explain '{explained}' and point at "
-        f"{_where(entry, plain, record.get('box_fraction'))}."
+        f"Not the file name's label: the model predicted '{pred.get('name')}' (p = {as_float(pred.get('prob')):.2f}); "
+        f"the file name says '{true_name}' ({where_true}). The maps explain '{explained}' and point at "
+        f"{_where(entry, plain, record.get('box_fraction'))}; look at the photo before calling this an error "
+        "(a file-name label can be wrong too)."
     )
     return out
 
@@ -358,23 +454,19 @@ def image_findings(record: dict, entry: dict | None = None) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_findings(records: Sequence[dict], summary: dict) -> list[str]:
-    """Findings across photos, from the per-photo records and :func:`summarize`'s output."""
-    out: list[str] = []
+def run_findings(records: Sequence[dict], summary: dict, *, model: str | None = None, random_weights: bool = False,
+                 refused: Mapping[str, str] | None = None) -> list[str]:
+    """Findings across photos, from the per-photo records and :func:`summarize`'s output: first
+    the guidance (:func:`guidance_findings`: the most faithful and the best-localising method for
+    this run's model), then the overall ranking, degenerate maps, classification, agreement,
+    smoothing, the other categories and the rankings' stability."""
+    out: list[str] = guidance_findings(summary, model=model, random_weights=random_weights, refused=refused)
     variants = summary.get("variants", {})
     labels = {n: v.get("label") or n for n, v in variants.items()}
     ranking = summary.get("ranking") or []
-    if ranking:
-        first = ranking[0]
-        text = (
-            f"Over {summary.get('n_photos', len(records))} photos, {labels.get(first, first)} has the best mean "
-            f"rank ({as_float(variants[first].get('mean_rank')):.2f}) across "
-            f"{_join(summary.get('ranking_metrics_used') or [])}"
-        )
-        if len(ranking) > 1:
-            last = ranking[-1]
-            text += f"; {labels.get(last, last)} comes last ({as_float(variants[last].get('mean_rank')):.2f})"
-        out.append(text + ".")
+    faith = (summary.get("categories") or {}).get("faithfulness") or {}
+    if ranking and list(summary.get("ranking_metrics") or []) != list(faith.get("columns") or []):
+        out.append(_overall_sentence(summary, len(records), labels))  # else: the faithfulness guidance said it
     for n, v in variants.items():
         d = v.get("metrics", {}).get("degenerate", {})
         count = round(as_float(d.get("mean")) * d.get("n", 0)) if _ok(d.get("mean")) else 0
@@ -383,10 +475,11 @@ def run_findings(records: Sequence[dict], summary: dict) -> list[str]:
     known = [r for r in records if r.get("correct") is not None]
     wrong = [r for r in known if r.get("correct") is False]
     if known:
-        text = f"{len(known) - len(wrong)} of {len(known)} photos with a known class were classified correctly"
+        text = (f"{len(known) - len(wrong)} of {len(known)} predictions match the label in the photo's file name "
+                "(its WordNet id; not checked against the photo)")
         if wrong:
             names = [r.get("rel", "?") for r in wrong[:5]]
-            text += "; misclassified: " + _join(names) + (" ..." if len(wrong) > 5 else "")
+            text += "; they differ on " + _join(names) + (" ..." if len(wrong) > 5 else "")
         out.append(text + ".")
     pairs = summary.get("agreement") or []
     plain_pairs = [
@@ -406,6 +499,11 @@ def run_findings(records: Sequence[dict], summary: dict) -> list[str]:
                 f"; {labels.get(lo['a'], lo['a'])} and {labels.get(lo['b'], lo['b'])} least "
                 f"(Spearman {as_float(lo['spearman_mean']):.2f})"
             )
+            iou = min(as_float(p.get("top_iou_mean")) for p in plain_pairs)
+            if as_float(lo["spearman_mean"]) >= AGREE_SPEARMAN and iou >= AGREE_IOU:
+                text += (f". Every pair agrees closely on average (Spearman >= {as_float(lo['spearman_mean']):.2f}, "
+                         f"top-15% IoU >= {iou:.2f}): on this model and layer the choice among these methods "
+                         "changes the map little")
         out.append(text + ".")
     # smoothing: mean gap change per smoothing over methods and photos
     by_smoothing: dict[str, list[float]] = {}
@@ -427,7 +525,7 @@ def run_findings(records: Sequence[dict], summary: dict) -> list[str]:
             f"On average {s} smoothing {verb} the insertion - deletion gap by {abs(mean):.3f} "
             f"({sum(d > 0 for d in ds)} of {len(ds)} methods improved)."
         )
-    out += category_findings(summary)
+    out += category_findings(summary, skip=GUIDED_CATEGORIES)
     out += stability_findings(summary)
     pg = [(n, as_float(v.get("metrics", {}).get("pointing_game", {}).get("mean"))) for n, v in variants.items()]
     pg = [(n, x) for n, x in pg if not math.isnan(x)]
@@ -445,47 +543,184 @@ def run_findings(records: Sequence[dict], summary: dict) -> list[str]:
     return out
 
 
-def category_findings(summary: dict) -> list[str]:
-    """Per category, the first and last variant of its ranking; then where categories disagree:
-    a variant first in one category and last in another ("most faithful, least robust")."""
+def _overall_sentence(summary: dict, n_records: int, labels: Mapping[str, str]) -> str:
+    variants, ranking = summary.get("variants", {}), summary.get("ranking") or []
+    n = summary.get("n_photos", n_records)
+    used = _join(summary.get("ranking_metrics_used") or [])
+    first = ranking[0]
+    mr = {k: v.get("mean_rank") for k, v in variants.items()}
+    text = f"Over {n} photos, {labels.get(first, first)} has the best mean rank ({as_float(mr.get(first)):.2f}) across {used}"
+    ld = lead(ranking, mr, summary.get("photo_ranks"))
+    if ld is not None:
+        second = labels.get(ld.second, ld.second)
+        if ld.tie:
+            text = (f"Over {n} photos, no method ranks first overall across {used}: {labels.get(first, first)} "
+                    f"and {second} tie, mean rank {ld.first_rank:.2f} and {ld.second_rank:.2f}, "
+                    f"{labels.get(first, first)} {ld.photos()}")
+        elif ld.decisive:
+            text += f", ahead of {second} ({ld.second_rank:.2f}): {ld.photos()}"
+        else:
+            text += (f", but not decisively ahead of {second} ({ld.second_rank:.2f}): {ld.photos()}, "
+                     f"which these photos do not settle")
+    bottom = lead(ranking, mr, summary.get("photo_ranks"), first=-2) if len(ranking) > 2 else None
+    if bottom is not None and not bottom.tie:
+        last = labels.get(bottom.second, bottom.second)
+        text += f"; {last} comes last ({bottom.second_rank:.2f}{'' if bottom.decisive else ', not decisively'})"
+    return text + "."
+
+
+def _verdict(cat: str, c: dict, labels: Mapping[str, str]) -> tuple[Lead | None, str]:
+    """How the leader of category ``cat`` stands: (its lead over the runner-up, a clause)."""
+    ranking, mr = c.get("ranking") or [], c.get("mean_rank", {})
+    hi = CATEGORY_WORDS.get(cat, (f"first by {cat}", f"last by {cat}"))[0]
+    ld = lead(ranking, mr, c.get("photo_ranks"))
+    if ld is None:
+        return None, ""
+    a, b = labels.get(ld.first, ld.first), labels.get(ld.second, ld.second)
+    if ld.tie:
+        return ld, (f"{a} and {b} tie for {hi}: mean rank {ld.first_rank:.2f} and {ld.second_rank:.2f}, "
+                    f"{a} {ld.photos()}")
+    if ld.decisive:
+        return ld, (f"{a} is {hi}: mean rank {ld.first_rank:.2f} against {ld.second_rank:.2f} for {b}, "
+                    f"{ld.photos()}")
+    return ld, (f"{a} leads but is not decisively {hi}: mean rank {ld.first_rank:.2f} against "
+                f"{ld.second_rank:.2f} for {b}, {ld.photos()}")
+
+
+def _last_clause(cat: str, c: dict, labels: Mapping[str, str]) -> str:
+    ranking, mr = c.get("ranking") or [], c.get("mean_rank", {})
+    if len(ranking) < 3:
+        return ""
+    ld = lead(ranking, mr, c.get("photo_ranks"), first=-2)
+    if ld is None or ld.tie:
+        return ""
+    lo = CATEGORY_WORDS.get(cat, ("", f"last by {cat}"))[1]
+    last = labels.get(ld.second, ld.second)
+    return f"; {last} is {lo} ({ld.second_rank:.2f}{'' if ld.decisive else ', not decisively'})"
+
+
+def category_findings(summary: dict, skip: Iterable[str] = ()) -> list[str]:
+    """Per category (but those in ``skip``), its leader, tie-aware: named "the most ..." only
+    when it beats the runner-up photo by photo (sign test p < DECISIVE_P); then where categories
+    disagree: a variant decisively first in one category and decisively last in another ("most
+    faithful, least robust")."""
     cats = summary.get("categories") or {}
     variants = summary.get("variants", {})
     labels = {n: v.get("label") or n for n, v in variants.items()}
+    skip = set(skip)
     out: list[str] = []
     for cat, c in cats.items():
-        ranking = c.get("ranking") or []
-        if len(ranking) < 2:
+        if cat in skip:
             continue
-        best, worst = ranking[0], ranking[-1]
-        mr = c.get("mean_rank", {})
-        if as_float(mr.get(best)) == as_float(mr.get(worst)):
+        ld, clause = _verdict(cat, c, labels)
+        if ld is None:
             continue
-        hi, lo = CATEGORY_WORDS.get(cat, (f"first by {cat}", f"last by {cat}"))
-        out.append(
-            f"{cat.capitalize()} ({_join(c.get('labels') or [])}): {labels.get(best, best)} is {hi} "
-            f"(mean rank {as_float(mr.get(best)):.2f}), {labels.get(worst, worst)} {lo} ({as_float(mr.get(worst)):.2f})."
-        )
+        out.append(f"{cat.capitalize()} ({_join(c.get('labels') or [])}): {clause}{_last_clause(cat, c, labels)}.")
     # Disagreement only between categories that judge the explanation (complexity and agreement
     # describe maps: a spread-out map is not by itself a worse explanation).
     names = [c for c in cats if c in JUDGING_CATEGORIES]
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            ra, rb = cats[a].get("ranking") or [], cats[b].get("ranking") or []
-            common = [n for n in ra if n in rb]
-            if len(common) < 2:
+    for x in names:
+        top = lead(cats[x].get("ranking") or [], cats[x].get("mean_rank", {}), cats[x].get("photo_ranks"))
+        if top is None or not top.decisive:
+            continue
+        n = top.first
+        for y in names:
+            ry = cats[y].get("ranking") or []
+            if y == x or len(ry) < 2 or ry[-1] != n:
                 continue
-            ra = [n for n in ra if n in common]
-            rb = [n for n in rb if n in common]
-            for x, y, first, last in ((a, b, ra, rb), (b, a, rb, ra)):
-                if first[0] == last[-1]:
-                    n = first[0]
-                    hi = CATEGORY_WORDS.get(x, (f"first by {x}", ""))[0]
-                    lo = CATEGORY_WORDS.get(y, ("", f"last by {y}"))[1]
-                    out.append(
-                        f"The categories disagree: {labels.get(n, n)} is {hi} but {lo} "
-                        f"({x} mean rank {as_float(cats[x]['mean_rank'].get(n)):.2f}, "
-                        f"{y} {as_float(cats[y]['mean_rank'].get(n)):.2f}); no single ranking describes these maps."
-                    )
+            bottom = lead(ry, cats[y].get("mean_rank", {}), cats[y].get("photo_ranks"), first=-2)
+            if bottom is None or not bottom.decisive:
+                continue
+            hi = CATEGORY_WORDS.get(x, (f"first by {x}", ""))[0]
+            lo = CATEGORY_WORDS.get(y, ("", f"last by {y}"))[1]
+            out.append(
+                f"The categories disagree: {labels.get(n, n)} is {hi} but {lo} "
+                f"({x} mean rank {as_float(cats[x]['mean_rank'].get(n)):.2f}, "
+                f"{y} {as_float(cats[y]['mean_rank'].get(n)):.2f}); no single ranking describes these maps."
+            )
+    return out
+
+
+GUIDED_CATEGORIES: tuple[str, ...] = ("faithfulness", "localisation")
+"""The categories the guidance names a method for (the others stay in :func:`category_findings`)."""
+
+
+def _fmt(x: Any, unit: str) -> str:
+    v = as_float(x)
+    if math.isnan(v):
+        return "n/a"
+    if unit in ("fraction", "bool"):
+        return f"{100 * v:.0f}%"
+    if unit == "percent":
+        return f"{v:.1f}%"
+    return f"{v:.3f}"
+
+
+def _numbers(summary: dict, cat: str, a: str, b: str) -> str:
+    """``Deletion AUC 0.081 vs 0.104, ...``: the category's ranked columns, ``a`` against ``b``."""
+    cols = {m["key"]: m for m in summary.get("metrics") or []}
+    variants = summary.get("variants", {})
+    parts = []
+    for key in (summary.get("categories") or {}).get(cat, {}).get("columns") or []:
+        m = cols.get(key, {})
+        va = ((variants.get(a) or {}).get("metrics") or {}).get(key, {}).get("mean")
+        vb = ((variants.get(b) or {}).get("metrics") or {}).get(key, {}).get("mean")
+        if va is None or vb is None:
+            continue
+        better = {"higher": "higher", "lower": "lower"}.get(m.get("better") or "", "")
+        unit = m.get("unit") or ""
+        title = str(m.get("label") or key).removesuffix(" %")
+        parts.append(f"{title} {_fmt(va, unit)} vs {_fmt(vb, unit)}" + (f" ({better} is better)" if better else ""))
+    return ", ".join(parts)
+
+
+def guidance_findings(summary: dict, *, model: str | None = None, random_weights: bool = False,
+                      refused: Mapping[str, str] | None = None) -> list[str]:
+    """Which method to trust on this run's model, from its own measurements: the most faithful
+    (faithfulness category: deletion/insertion, Average Drop/Increase, ROAD... as measured) and
+    the best-localising (localisation category, only with boxes or masks; without them the
+    finding says there is no ground truth), each with the means of both leaders and how decisive
+    the lead is (photo-by-photo sign test against the runner-up; a tie is said as a tie); then
+    the methods asked for that cannot explain this model (``refused``: method -> why)."""
+    cats = summary.get("categories") or {}
+    variants = summary.get("variants", {})
+    labels = {n: v.get("label") or n for n, v in variants.items()}
+    on = f"on {model}" if model else "on this model"
+    out: list[str] = []
+    if random_weights:
+        out.append(f"The model has random weights: what follows describes these maps {on}, not a trained model.")
+    n_photos = summary.get("n_photos", 0)
+    for cat, what in (("faithfulness", "Most faithful"), ("localisation", "Best localising")):
+        c = cats.get(cat)
+        if c is None or len(c.get("ranking") or []) < 2:
+            if cat == "localisation":
+                out.append(
+                    f"{what} {on}: not measured — these photos have no boxes or masks (camscope report --boxes "
+                    "FILE), so nothing here says whether a map points at the object; the peak regions only say "
+                    "where the maps point."
+                )
+            elif len(variants) > 1:
+                out.append(f"{what} {on}: not measured (no faithfulness metric in this report).")
+            continue
+        ld = lead(c["ranking"], c.get("mean_rank", {}), c.get("photo_ranks"))
+        assert ld is not None
+        a, b = labels.get(ld.first, ld.first), labels.get(ld.second, ld.second)
+        nums = _numbers(summary, cat, ld.first, ld.second)
+        nums = f" Means, {a} vs {b}: {nums}." if nums else ""
+        ranks = f"mean {cat} rank {ld.first_rank:.2f} vs {ld.second_rank:.2f}"
+        if ld.tie:
+            text = f"{what} {on}: no winner — {a} and {b} tie: {a} is {ld.photos()}; {ranks}."
+        elif ld.decisive:
+            text = f"{what} {on}: {a}, ahead of the runner-up {b}: {ld.photos()}; {ranks}."
+        else:
+            text = (f"{what} {on}: no clear winner — {a} leads {b} ({ranks}) but is {ld.photos()}, "
+                    f"which {n_photos} {'photo does' if n_photos == 1 else 'photos do'} not settle.")
+        out.append(text + nums)
+    if refused:
+        out.append(
+            f"Not run {on}, though asked for: {_join([f'{n} ({why})' for n, why in refused.items()])}; "
+            f"`camscope methods --model {model or 'MODEL'}` lists the methods that apply."
+        )
     return out
 
 

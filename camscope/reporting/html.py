@@ -33,7 +33,7 @@ from typing import Any
 from camscope.io.rundir import ASSETS, METRICS_CSV, REPORT, SUMMARY_JSON, ImageRecord, RunDir
 from camscope.reporting.cache import load_image_metrics
 from camscope.reporting.files import clean_json, write_metrics_csv, write_summary_json
-from camscope.reporting.findings import best_variant, image_findings, run_findings
+from camscope.reporting.findings import clear_best_variant, image_findings, run_findings
 from camscope.reporting.images import PageImages, thumbnail, write_bytes
 from camscope.reporting.page import (
     definitions,
@@ -130,7 +130,7 @@ def write_report(
     variants = list(manifest.outputs)
     columns = report_columns(recs)
     summary = summarize(recs, variants)
-    findings = run_findings(recs, summary)
+    findings = run_findings(recs, summary, model=manifest.settings.model, random_weights=manifest.settings.random_weights)
     images = PageImages(out, embed)
     written: list[Path] = []
 
@@ -189,7 +189,7 @@ def write_report(
             "predicted": (r.get("top5") or [{}])[0].get("name"),
             "true_name": r.get("true_name"),
             "correct": r.get("correct"),
-            "best_variant": best_variant(first) if first else None,
+            "best_variant": clear_best_variant(first) if first else None,
             "findings": image_findings(r),
         }
     if plots:

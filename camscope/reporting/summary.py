@@ -14,6 +14,10 @@ agreement) gets its own ranking; the overall ranking uses the categories in
 :data:`OVERALL_CATEGORIES` (complexity and agreement describe maps: a sparser map or one like
 the others is not by itself a better explanation).
 
+Per photo, a variant's mean rank over the columns of each category (and over the overall
+columns) is kept as ``photo_ranks`` (one entry per photo, None where not ranked): the findings
+compare the leader with the runner-up photo by photo (a sign test) before naming a winner.
+
 Stability (Quantus's lesson that rankings move with a metric's hyperparameters): where the
 records hold values measured at other seeds or at other values of a metric's main
 hyperparameter (``camscope report --stability``), the ranking of the variants by their mean
@@ -185,18 +189,32 @@ def summarize(records: Sequence[dict], variants: Sequence[str] | None = None) ->
     }
     # ---- ranks per photo and column --------------------------------------------------------
     per_col: dict[str, dict[str, list[float]]] = {n: {} for n in variants}
+    per_photo: list[dict[str, dict[str, float]]] = [{} for _ in entries]  # photo -> column -> variant -> rank
     used: list[ReportColumn] = []
     for c in columns:
         if not c.ranked or c.direction is None:
             continue
-        for _, e in entries:
+        for i, (_, e) in enumerate(entries):
             vs = e.get("variants", {})
             vals = [scalar(vs[n], c.key) if n in vs else math.nan for n in variants]
             for n, rk in zip(variants, _ranks(vals, c.direction), strict=True):
                 if not math.isnan(rk):
                     per_col[n].setdefault(c.key, []).append(rk)
+                    per_photo[i].setdefault(c.key, {})[n] = rk
                     if c not in used:
                         used.append(c)
+
+    def photo_ranks(cols: Sequence[ReportColumn]) -> dict[str, list[float | None]]:
+        """Per variant, its mean rank over ``cols`` on each photo (None where not ranked): what
+        the findings compare photo by photo before they name a winner."""
+        table: dict[str, list[float | None]] = {}
+        for n in variants:
+            row: list[float | None] = []
+            for ph in per_photo:
+                rk = [ph[c.key][n] for c in cols if n in ph.get(c.key, {})]
+                row.append(round(float(np.mean(rk)), 4) if rk else None)
+            table[n] = row
+        return table
 
     def mean_rank(n: str, cols: Sequence[ReportColumn]) -> float:
         ranks = [r for c in cols for r in per_col[n].get(c.key, [])]
@@ -221,6 +239,7 @@ def summarize(records: Sequence[dict], variants: Sequence[str] | None = None) ->
         }
     order = _order({n: as_float(out["variants"][n]["mean_rank"]) for n in variants}, variants)
     out["ranking"] = order
+    out["photo_ranks"] = photo_ranks(overall)
     for i, n in enumerate(order):
         out["variants"][n]["rank"] = i + 1
     # ---- per category ----------------------------------------------------------------------
@@ -238,6 +257,7 @@ def summarize(records: Sequence[dict], variants: Sequence[str] | None = None) ->
             "labels": [c.title for c in cols],
             "ranking": ranking,
             "mean_rank": {n: means[n] for n in ranking},
+            "photo_ranks": photo_ranks(cols),
         }
         for n in ranking:
             out["variants"][n].setdefault("category_ranks", {})[cat] = means[n]

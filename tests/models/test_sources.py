@@ -333,6 +333,21 @@ def not_a_module():
 
 def broken():
     raise RuntimeError("no GPU here")
+
+
+def with_transform():
+    """A model that declares its own preprocessing (resize 40, centre crop 32, its statistics)."""
+    from camscope.models import Preprocess
+
+    m = build()
+    m.camscope_preprocess = Preprocess("weights", (32, 32), 40, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bicubic")
+    return m
+
+
+def bad_transform():
+    m = build()
+    m.camscope_preprocess = {"mode": "weights"}
+    return m
 '''
 
 
@@ -369,6 +384,19 @@ def test_import_path_with_weights(user_module: str, tmp_path: Path, file_name: s
     assert loaded.preprocess.size == (32, 32)  # the model's image_size
     assert loaded.preprocess.mean == (0.5, 0.5, 0.5)
     assert loaded.categories is None and loaded.info["source"] == "import"
+
+
+def test_import_path_model_declares_its_preprocessing(user_module: str) -> None:
+    classic = load_model(f"{user_module}:with_transform").preprocess
+    assert (classic.mode, classic.size, classic.resize) == ("classic", (32, 32), None)
+    assert classic.mean == (0.5, 0.5, 0.5) and classic.std == (0.25, 0.25, 0.25) and classic.interpolation == "bicubic"
+    weights = load_model(f"{user_module}:with_transform", preprocess="weights").preprocess
+    assert (weights.mode, weights.size, weights.resize, weights.crop_fraction) == ("weights", (32, 32), 40, 0.8)
+    # --mean / --input-size still override what the model declares
+    over = load_model(f"{user_module}:with_transform", preprocess="weights", mean="0.1,0.2,0.3", input_size="16").preprocess
+    assert over.mean == (0.1, 0.2, 0.3) and over.size == (16, 16) and over.resize == 20
+    with pytest.raises(UsageError, match="camscope_preprocess is a dict, not a camscope Preprocess"):
+        load_model(f"{user_module}:bad_transform")
 
 
 @pytest.mark.parametrize(

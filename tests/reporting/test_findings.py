@@ -91,8 +91,9 @@ def test_misclassified_without_boxes_says_where_maxima_are() -> None:
                   true_class=1, true_name="tabby", correct=False)
     f = image_findings(rec)
     assert f[0] == (
-        "Misclassified: the model predicted 'lynx' (p = 0.51) but the true class is 'tabby' (ranked 3 with "
-        "p = 0.10). The maps explain 'lynx' and point at the centre (Grad-CAM) and the bottom (Score-CAM)."
+        "Not the file name's label: the model predicted 'lynx' (p = 0.51); the file name says 'tabby' (ranked 3 "
+        "with p = 0.10). The maps explain 'lynx' and point at the centre (Grad-CAM) and the bottom (Score-CAM); "
+        "look at the photo before calling this an error (a file-name label can be wrong too)."
     )
     rec["top5"] = rec["top5"][:1]
     assert "(not in the top 5)" in image_findings(rec)[0]
@@ -108,11 +109,12 @@ def test_misclassified_with_boxes_uses_pointing_game() -> None:
     f = image_findings(rec)
     assert f[0].endswith(
         "point at the annotated object for 1 of 2 maps (pointing game), with 45% of their energy in the box "
-        "on average (the box covers 20% of the image)."
+        "on average (the box covers 20% of the image); look at the photo before calling this an error (a "
+        "file-name label can be wrong too)."
     )
     rec["correct"] = True
     f = image_findings(rec)
-    assert f[0] == "Correctly classified as 'tabby' (p = 0.50)."
+    assert f[0] == "Predicted 'tabby' (p = 0.50), the file name's label."
     assert (
         "1 of 2 maps point inside the annotated object (pointing game); the energy inside the box ranges "
         "from 30% (Score-CAM) to 60% (Grad-CAM), against 20% for a uniform map." in f
@@ -169,9 +171,17 @@ def test_summarize_mean_std_and_mean_rank_by_hand() -> None:
     assert s["ranking"] == ["A", "B"]
     assert s["agreement"][0]["spearman_mean"] == pytest.approx(0.4)
     f = run_findings(recs, s)
-    assert f[0].startswith("Over 2 photos, A has the best mean rank (1.40) across Deletion AUC, Insertion AUC")
+    # A has the lower mean rank, but each is better on one photo: a tie, not a winner
+    assert s["photo_ranks"] == {"A": [1.0, 2.0], "B": [2.0, 1.0]}
+    assert f[0].startswith("Most faithful on this model: no winner — A and B tie: A is better on 1 of 2 photos, "
+                           "worse on 1, sign test p = 1; mean faithfulness rank 1.40 vs 1.60.")
+    assert "Deletion AUC 0.200 vs 0.200 (lower is better), Insertion AUC 0.450 vs 0.500 (higher is better)" in f[0]
+    assert f[1].startswith("Best localising on this model: not measured — these photos have no boxes or masks")
+    # the overall ranking uses the faithfulness columns only here: the guidance already said it
+    assert not any(x.startswith("Over 2 photos") for x in f)
     assert "B was degenerate on 1 of 2 photos." in f
-    assert "1 of 2 photos with a known class were classified correctly; misclassified: p2." in f
+    assert ("1 of 2 predictions match the label in the photo's file name (its WordNet id; not checked against the "
+            "photo); they differ on p2.") in f
     rows = metric_rows(recs)
     assert len(rows) == 4 and rows[1]["variant"] == "B" and rows[1]["degenerate"] == "empty"
     assert rows[0]["gap"] == pytest.approx(0.4) and rows[2]["average_drop"] is None
@@ -223,7 +233,7 @@ def test_categories_ranked_and_disagreement_named_by_hand() -> None:
         {"rel": f"p{i}", "targets": [{"rank": 0, "class": 0, "variants": {
             "A": v("A", 0.1, 0.2 + i / 100, 0.5), "B": v("B", 0.3, 0.8, 0.3), "C": v("C", 0.2, 0.5, 0.1)},
             "agreement": []}]}
-        for i in range(2)
+        for i in range(8)
     ]
     s = summarize(recs, ["A", "B", "C"])
     assert s["categories"]["faithfulness"]["ranking"] == ["A", "C", "B"]
@@ -232,13 +242,18 @@ def test_categories_ranked_and_disagreement_named_by_hand() -> None:
     # overall: faithfulness + localisation columns, not complexity: A 1,1,3,3 = 2; B 3,3,1,1 = 2; C 2
     assert s["variants"]["A"]["mean_rank"] == pytest.approx(2.0) and s["ranking"] == ["A", "B", "C"]
     f = category_findings(s)
-    assert ("Faithfulness (Deletion AUC): A is the most faithful (mean rank 1.00), B the least faithful (3.00)."
-            in f)
+    assert ("Faithfulness (Deletion AUC): A is the most faithful: mean rank 1.00 against 2.00 for C, better on 8 "
+            "of 8 photos, worse on 0, sign test p = 0.0078; B is the least faithful (3.00).") in f
     assert ("The categories disagree: A is the most faithful but the worst localised (faithfulness mean rank "
             "1.00, localisation 3.00); no single ranking describes these maps.") in f
     assert ("The categories disagree: B is the best localised but the least faithful (localisation mean rank "
             "1.00, faithfulness 3.00); no single ranking describes these maps.") in f
     assert not any("disagree" in x and "complex" in x for x in f)  # complexity describes, it does not judge
+    # overall (faithfulness + localisation) every variant has mean rank 2 on every photo: a tie, no winner
+    overall = [x for x in run_findings(recs, s) if x.startswith("Over 8 photos")]
+    assert overall == ["Over 8 photos, no method ranks first overall across Deletion AUC and Energy pointing game: "
+                       "A and B tie, mean rank 2.00 and 2.00, A better on 0 of 8 photos, worse on 0, equal on 8, "
+                       "sign test p = 1."]
     # stability: a reversed order at another setting gives tau = -1 and says so
     for i, rec in enumerate(recs):
         for name, x in zip("ABC", (0.3, 0.1, 0.2), strict=True):
@@ -255,3 +270,114 @@ def test_categories_ranked_and_disagreement_named_by_hand() -> None:
         "The ranking by Deletion AUC moves with the metric's settings (Kendall tau steps=12: -1.00, "
         "steps=50: 1.00); at steps=12 the order changes, so read it with care."
     ]
+
+
+# ---- guidance: which method to trust on this run's model -------------------------------------
+
+
+def _table(values: dict[str, list[dict]]) -> list[dict]:
+    """Records from a hand-built measurements table: variant -> one dict of values per photo."""
+    n = len(next(iter(values.values())))
+    return [{"rel": f"p{i}.jpg", "targets": [{"rank": 0, "class": 0, "variants": {
+        name: {"label": name, "method": name, **rows[i]} for name, rows in values.items()}, "agreement": []}]}
+        for i in range(n)]
+
+
+def test_sign_test_by_hand() -> None:
+    from camscope.reporting.findings import sign_test
+
+    assert sign_test(9, 1) == pytest.approx(2 * 11 / 1024)  # 2 * (C(10,0) + C(10,1)) / 2^10
+    assert sign_test(8, 2) == pytest.approx(2 * 56 / 1024)
+    assert sign_test(5, 5) == 1.0 and sign_test(0, 0) == 1.0
+
+
+def test_guidance_names_the_decisively_most_faithful_method_with_its_numbers() -> None:
+    from camscope.reporting.findings import guidance_findings
+
+    # S beats G on deletion and insertion on 9 of 10 photos; R is worst everywhere
+    s = [{"deletion_auc": 0.10, "insertion_auc": 0.60} for _ in range(10)]
+    g = [{"deletion_auc": 0.20, "insertion_auc": 0.50} for _ in range(9)] + [{"deletion_auc": 0.05, "insertion_auc": 0.70}]
+    r = [{"deletion_auc": 0.40, "insertion_auc": 0.30} for _ in range(10)]
+    summary = summarize(_table({"G": g, "S": s, "R": r}), ["G", "S", "R"])
+    assert summary["categories"]["faithfulness"]["ranking"] == ["S", "G", "R"]
+    assert summary["categories"]["faithfulness"]["photo_ranks"]["S"] == [1.0] * 9 + [2.0]
+    f = guidance_findings(summary, model="net:build")
+    assert f[0] == (
+        "Most faithful on net:build: S, ahead of the runner-up G: better on 9 of 10 photos, worse on 1, "
+        "sign test p = 0.021; mean faithfulness rank 1.10 vs 1.90. Means, S vs G: Deletion AUC 0.100 vs 0.185 "
+        "(lower is better), Insertion AUC 0.600 vs 0.520 (higher is better)."
+    )
+    assert f[1].startswith("Best localising on net:build: not measured — these photos have no boxes or masks")
+
+
+def test_guidance_does_not_declare_a_winner_on_a_small_lead_or_a_tie() -> None:
+    from camscope.reporting.findings import guidance_findings
+
+    # 6 of 10 photos: a lead the photos do not settle (sign test p = 0.75)
+    a = [{"deletion_auc": 0.1} for _ in range(6)] + [{"deletion_auc": 0.3} for _ in range(4)]
+    b = [{"deletion_auc": 0.2} for _ in range(10)]
+    f = guidance_findings(summarize(_table({"A": a, "B": b})))
+    assert f[0] == (
+        "Most faithful on this model: no clear winner — A leads B (mean faithfulness rank 1.40 vs 1.60) but is "
+        "better on 6 of 10 photos, worse on 4, sign test p = 0.75, which 10 photos do not settle. "
+        "Means, A vs B: Deletion AUC 0.180 vs 0.200 (lower is better)."
+    )
+    # equal values on every photo: a tie, said as one
+    same = [{"deletion_auc": 0.2, "insertion_auc": 0.5} for _ in range(10)]
+    f = guidance_findings(summarize(_table({"A": same, "B": same})))
+    assert f[0].startswith("Most faithful on this model: no winner — A and B tie: A is better on 0 of 10 photos, "
+                           "worse on 0, equal on 10")
+    assert category_findings_of(same)[0] == (
+        "Faithfulness (Deletion AUC and Insertion AUC): A and B tie for the most faithful: mean rank 1.50 and 1.50, "
+        "A better on 0 of 10 photos, worse on 0, equal on 10, sign test p = 1."
+    )
+
+
+def category_findings_of(rows: list[dict]) -> list[str]:
+    from camscope.reporting.findings import category_findings
+
+    return category_findings(summarize(_table({"A": rows, "B": rows})))
+
+
+def test_guidance_best_localising_with_boxes_and_refused_methods() -> None:
+    from camscope.reporting.findings import guidance_findings
+
+    hit = {"pointing_game": True, "energy_pg": 0.7}
+    miss = {"pointing_game": False, "energy_pg": 0.2}
+    summary = summarize(_table({"Grad-CAM": [miss] * 10, "Layer-CAM": [hit] * 10}))
+    f = guidance_findings(summary, model="resnet50", random_weights=True,
+                          refused={"rollout": "needs attention blocks (resnet50 has none)"})
+    assert f[0] == ("The model has random weights: what follows describes these maps on resnet50, "
+                    "not a trained model.")
+    assert f[2].startswith("Best localising on resnet50: Layer-CAM, ahead of the runner-up Grad-CAM: better on 10 "
+                           "of 10 photos, worse on 0, sign test p = 0.002;")
+    assert "Pointing game 100% vs 0% (higher is better), Energy pointing game 70% vs 20% (higher is better)" in f[2]
+    assert f[3] == ("Not run on resnet50, though asked for: rollout (needs attention blocks (resnet50 has none)); "
+                    "`camscope methods --model resnet50` lists the methods that apply.")
+
+
+def test_guidance_on_one_photo_is_never_a_winner() -> None:
+    from camscope.reporting.findings import guidance_findings
+
+    f = guidance_findings(summarize(_table({"A": [{"deletion_auc": 0.1}], "B": [{"deletion_auc": 0.3}]})))
+    assert f[0].startswith("Most faithful on this model: no clear winner — A leads B (mean faithfulness rank 1.00 vs "
+                           "2.00) but is better on 1 of 1 photo, worse on 0, sign test p = 1, which 1 photo does not "
+                           "settle.")
+
+
+def test_run_says_when_every_pair_agrees_closely() -> None:
+    def recs(rho: float, iou: float) -> list[dict]:
+        a = {"label": "A", "method": "A"}
+        return [{"rel": f"p{i}", "targets": [{"rank": 0, "class": 0, "variants": {"A": a, "B": {**a, "label": "B"},
+                                                                             "C": {**a, "label": "C"}},
+                 "agreement": [{"a": "A", "b": "B", "spearman": rho, "top_iou": iou},
+                               {"a": "A", "b": "C", "spearman": 0.99, "top_iou": 0.9},
+                               {"a": "B", "b": "C", "spearman": 0.97, "top_iou": 0.8}]}]} for i in range(3)]
+
+    close = recs(0.95, 0.73)
+    f = [x for x in run_findings(close, summarize(close)) if x.startswith("On average")]
+    assert f == ["On average A and C agree most (Spearman 0.99, top-15% IoU 0.90); A and B least (Spearman 0.95). "
+                 "Every pair agrees closely on average (Spearman >= 0.95, top-15% IoU >= 0.73): on this model and "
+                 "layer the choice among these methods changes the map little."]
+    far = recs(0.95, 0.3)  # rank-correlated but their top regions differ: not "close"
+    assert not any("Every pair" in x for x in run_findings(far, summarize(far)))

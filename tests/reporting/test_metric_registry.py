@@ -129,7 +129,7 @@ def test_example_metric_reaches_every_output(run: tuple[Path, LoadedModel], exam
     # its category is ranked (by the example metric alone) and named in the findings
     assert summary["categories"]["localisation"]["columns"] == ["example_mass"]
     assert summary["categories"]["localisation"]["ranking"][0] == max(means, key=means.__getitem__)
-    assert any(f.startswith("Localisation (Mass in the upper half)") for f in summary["findings"])
+    assert any(f.startswith("Best localising on ") and "Mass in the upper half" in f for f in summary["findings"])
     assert summary["measured_with"]["example_mass"]["category"] == "localisation"
     page = files.html.read_text(encoding="utf-8")
     assert "Mass in the upper half ↑" in page and 'id="metric-example_mass"' in page

@@ -132,7 +132,7 @@ def test_outputs_are_consistent(run_dir: Path) -> None:
         assert s["metrics"]["deletion_auc"]["std"] == pytest.approx(np.std(vals), abs=1e-6)
         assert s["metrics"]["pointing_game"]["n"] == 1  # only cat.png has a box
     assert summary["images"]["dog.jpg"]["correct"] is False
-    assert summary["images"]["dog.jpg"]["findings"][0].startswith("Misclassified: the model predicted")
+    assert summary["images"]["dog.jpg"]["findings"][0].startswith("Not the file name's label: the model predicted")
     # Localisation only where a box is known, in the 64x64 input frame (photo 56x40 -> 64x64).
     cat = recs["cat.png"]
     assert cat["boxes"][0] == pytest.approx([10 * 64 / 56, 16.0, 30 * 64 / 56, 48.0], abs=1e-3)
@@ -159,7 +159,7 @@ def test_html_escapes_user_strings(run_dir: Path) -> None:
     overlay = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["images"][SPECIAL_REL]["files"]["gradcam"][0]
     assert f'src="{quote(overlay)}"' in page
     assert "%3Cscript%3Ealert%28%22x%22%29%3C/script%3E%20%26%20%27q%27" in page
-    assert 'class="badge bad">misclassified' in page
+    assert '>not the file-name label</span>' in page
     assert "http://" not in page.replace('href="http', "")  # no external resources
 
 

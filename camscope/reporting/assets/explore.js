@@ -188,7 +188,7 @@
     el('kbd', {}, 'j'), ' / ', el('kbd', {}, 'k'), ' or ', el('kbd', {}, '→'), ' / ', el('kbd', {}, '←'), '.'));
   mount.appendChild(el('div', { class: 'ex-bar' },
     el('fieldset', {}, el('legend', {}, 'Show only'),
-      filterBox('misclassified', 'misclassified'),
+      filterBox('misclassified', 'not the file-name label'),
       filterBox('degenerate', 'degenerate map'),
       filterBox('low', 'low agreement: lowest Spearman between two maps < ' + D.low_agreement.toFixed(2))),
     el('span', { class: 'ex-sortby' }, el('label', { for: 'ex-sort' }, 'Sort by '), sortSel, ' ', dirSel, ' ', sortOf),
@@ -209,7 +209,7 @@
     const still = section ? section.querySelector('.thumb img') : null;
     const src = still ? still.getAttribute('src') : null;
     const flags = [];
-    if (p.correct === false) flags.push('misclassified');
+    if (p.correct === false) flags.push('not the file-name label');
     if (tests.degenerate(p)) flags.push('degenerate');
     if (low(p)) flags.push('low agreement');
     // loading=lazy is set before src: an image given its src first starts loading at once.
@@ -299,8 +299,8 @@
     title.textContent = (pos < 0 ? '–' : pos + 1) + ' / ' + S.order.length + ' · ' + p.rel;
     const bits = ['predicted ' + (p.predicted == null ? '?' : p.predicted) +
       (isNum(p.prob) ? ' (p = ' + p.prob.toFixed(3) + ')' : '')];
-    if (p.correct === false) bits.push('misclassified' + (p.true_name != null ? ', true class ' + p.true_name : ''));
-    if (p.correct === true) bits.push('correct');
+    if (p.correct === false) bits.push('not the file-name label' + (p.true_name != null ? ' (' + p.true_name + ')' : ''));
+    if (p.correct === true) bits.push('file-name label');
     if (p.target != null && p.target !== p.predicted) bits.push('explained: ' + p.target);
     if (isNum(p.min_spearman)) bits.push('lowest Spearman between maps ' + p.min_spearman.toFixed(2));
     sub.textContent = bits.join(' · ');
