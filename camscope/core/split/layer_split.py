@@ -237,10 +237,18 @@ def split_model(
 
 
 class _restoring:
-    """Context manager: every module's attributes as they were on entry, on exit."""
+    """Context manager: every module's attributes as they were on entry, on exit -- and the
+    contents of its hook registries (``_forward_hooks``...), which code run while tracing may
+    fill in place (transformers >= 5 installs its output-recording hooks on the first forward
+    and marks the model with an attribute; without this the mark would go and the hooks stay,
+    and the next forward would install them twice)."""
 
     def __init__(self, saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
         self.saved = saved
+        self.hooks = [
+            (m, {k: dict(v) for k, v in attrs.items() if "hooks" in k and isinstance(v, dict)})
+            for m, attrs in saved
+        ]
 
     def __enter__(self) -> None:
         return None
@@ -252,6 +260,12 @@ class _restoring:
             for k, v in attrs.items():
                 if vars(m).get(k, _MISSING) is not v:
                     object.__setattr__(m, k, v)
+        for m, registries in self.hooks:
+            for k, content in registries.items():
+                registry = vars(m)[k]
+                if registry.keys() != content.keys():
+                    registry.clear()
+                    registry.update(content)
 
 
 _MISSING = object()
