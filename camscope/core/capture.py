@@ -2,7 +2,8 @@
 
 The network is split at the target layer (``core.split``): the head runs once without autograd;
 the tail runs on activations that require grad, so the backward pass stops at the target layer
-(``torch.autograd.grad`` with respect to the activations, never through the parameters).
+(``torch.autograd.grad`` with respect to the activations, never through the parameters). A split
+that cannot be traced (hooks) does both in one forward (``LayerSplit.head_tail``).
 """
 
 from __future__ import annotations
@@ -132,8 +133,15 @@ def capture(
             output on all views; replaces ``targets_of_view`` / ``top_k``
             (:func:`capture_targets`).
     """
-    with torch.no_grad():
-        acts, carry = split.head(views)
+    one_pass = None
+    if need_gradients and hasattr(split, "head_tail"):  # the hook path: one forward, not two
+        with torch.enable_grad():
+            one_pass = split.head_tail(views)
+    if one_pass is not None:
+        acts, carry, a, logits = one_pass
+    else:
+        with torch.no_grad():
+            acts, carry = split.head(views)
     if not isinstance(acts, torch.Tensor) or acts.dim() != 4:
         from camscope.errors import UsageError
 
@@ -144,9 +152,10 @@ def capture(
             "transformer block's norm, or pass --reshape auto / tokens:HxW[:skip=T] / nhwc"
         )
     acts = acts.detach()
-    with torch.enable_grad() if need_gradients else torch.no_grad():
-        a = acts.clone().requires_grad_(need_gradients)
-        logits = split.tail(a, carry, None)
+    if one_pass is None:
+        with torch.enable_grad() if need_gradients else torch.no_grad():
+            a = acts.clone().requires_grad_(need_gradients)
+            logits = split.tail(a, carry, None)
     if resolve is not None:
         return capture_targets(views, acts, a, logits, carry, resolve, need_gradients)
     n_views = views.shape[0]

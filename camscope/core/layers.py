@@ -196,6 +196,9 @@ def _arch_rule(model: nn.Module, arch: str) -> list[str]:
     if key.startswith(("maxvit", "maxxvit")):
         return ["blocks[-1]", "stages[-1]"]
     if key.startswith("huggingface"):
+        declared = list(getattr(model, "default_layers", ()))  # the segmenter / detector adapters
+        if declared:
+            return declared
         hf = getattr(model, "hf", None)
         base = getattr(hf, "base_model_prefix", "") or ""
         return [
@@ -255,7 +258,8 @@ def default_layer(
     last block's first LayerNorm (``encoder.layers[-1].ln_1``, timm ``blocks[-1].norm1``; see
     :data:`VIT_DEFAULT_REASON`); Swin -> the last stage (channels-last); MaxViT -> the last
     stage; camscope's Hugging Face adapter -> the last block's ``layernorm_before`` or the last
-    encoder stage. Otherwise (or if no candidate exists) :func:`fallback_layer` decides with one
+    encoder stage (segmenters and detectors: the ``default_layers`` their adapter declares,
+    see :mod:`camscope.models.hf_source`). Otherwise (or if no candidate exists) :func:`fallback_layer` decides with one
     forward on zeros of ``input_size``, and warns or refuses when its choice is early.
     """
     name = arch or type(model).__name__

@@ -25,6 +25,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PREPROCESS_MODES = ("classic", "weights")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+DETECTION_INPUT_SIZE = (800, 800)
+"""Size photos are resized to for a detector by the photo pipeline (torchvision detectors resize
+their input again, to their own ``min_size``; boxes come back in these pixels)."""
 
 
 @dataclass(frozen=True)

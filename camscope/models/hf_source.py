@@ -1,9 +1,21 @@
-"""Hugging Face transformers image classifiers: ``--model hf/ORG/NAME`` or ``hf/PATH`` (optional
-extra ``camscope[hf]``).
+"""Hugging Face transformers image models: ``--model hf/ORG/NAME`` or ``hf/PATH`` (optional
+extra ``camscope[hf]``): classifiers, semantic segmenters (SegFormer) and object detectors (DETR).
 
-A thin adapter, :class:`HuggingFaceClassifier`, makes the transformers model a plain
-``nn.Module`` from normalised images (B, 3, H, W) to logits (``output.logits``), and declares
-what the reshape needs (patch size, prefix tokens, input size). Weights come from the hub
+The task comes from the model (:func:`hf_task`: its config's ``architectures``, e.g.
+``SegformerForSemanticSegmentation`` -> ``segment``, ``DetrForObjectDetection`` -> ``detect``,
+else ``classify``), so ``--task`` defaults right. A thin adapter makes the transformers model
+a plain ``nn.Module`` from normalised images (B, 3, H, W) to what the task's targets read:
+
+* :class:`HuggingFaceClassifier`: logits (B, C) (``output.logits``), and what the reshape
+  needs (patch size, prefix tokens, input size);
+* :class:`HuggingFaceSegmenter`: per-pixel logits (B, C, h, w) at the model's own resolution
+  (SegFormer: h = H/4; not upsampled: a segment target's region is made at that resolution,
+  see :class:`camscope.targets.SegmentRegion`);
+* :class:`HuggingFaceDetector`: one ``{"boxes", "labels", "scores"}`` dict per image, every
+  query of a set-prediction detector (:func:`camscope.targets.detection.set_detections`:
+  boxes in input pixels, scores the softmax without the no-object class), as torchvision
+  detectors return, so the detection target (and pytorch-grad-cam's
+  ``FasterRCNNBoxScoreTarget``) read it unchanged. Weights come from the hub
 (cached in its hub cache) or from a local folder written by ``save_pretrained`` (works offline);
 ``.safetensors`` files are preferred to pickled ones. Code from the hub (``auto_map`` in the
 config) never runs unless ``trust_remote_code=True`` (``--trust-remote-code``); without it such
@@ -23,6 +35,7 @@ from torch import Tensor, nn
 from camscope.errors import UsageError, WeightsError
 from camscope.io.checkpoint import load_checkpoint
 from camscope.models.common import (
+    DETECTION_INPUT_SIZE,
     IMAGENET_MEAN,
     IMAGENET_STD,
     PREPROCESS_MODES,
@@ -40,6 +53,7 @@ from camscope.models.common import (
 from camscope.models.hub import hub_access
 from camscope.models.registry import ModelSource, ModelSpec, register_model_source
 from camscope.names import RANDOM_WEIGHTS
+from camscope.targets.detection import set_detections
 
 PREFIX = "hf/"
 
@@ -76,6 +90,91 @@ class HuggingFaceClassifier(nn.Module):
         return self.hf(pixel_values=x).logits
 
 
+SEGFORMER_LAYER_REASON = (
+    "SegFormer: the encoder's last stage (hf.segformer.stages[-1], stride 32, the widest "
+    "channels), the counterpart of the backbone's last stage of torchvision's segmenters; the "
+    "decode head's fused map (decode_head.activation, stride 4) feeds a 1x1 classifier, so "
+    "Grad-CAM there is the class's own logit map and says nothing the prediction does not"
+)
+DETR_LAYER_REASON = (
+    "DETR: the input projection (hf.model.input_projection, d_model channels, stride 32): the "
+    "backbone's last stage projected by a 1x1 convolution, the last spatial map and the whole "
+    "input of the transformer, on which every query's detection depends; Ablation-CAM ablates "
+    "d_model (256) channels there instead of C5's 2048"
+)
+
+
+class HuggingFaceSegmenter(nn.Module):
+    """``hf(pixel_values=x).logits`` as a plain module: (B, 3, H, W) -> per-pixel logits
+    (B, C, h, w) at the model's resolution (SegFormer: H/4 x W/4; Xie et al. 2021, Sec. 3.2).
+
+    ``default_layers``: candidate CAM layers, first existing wins (:data:`SEGFORMER_LAYER_REASON`).
+    """
+
+    default_layers = ("hf.segformer.stages[-1]",)
+
+    def __init__(self, hf: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf
+        self.model_type = str(getattr(hf.config, "model_type", ""))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.hf(pixel_values=x).logits
+
+
+class HuggingFaceDetector(nn.Module):
+    """A set-prediction detector (DETR; Carion et al. 2020) as a plain module: (B, 3, H, W) ->
+    one ``{"boxes", "labels", "scores"}`` dict per image with every query
+    (:func:`~camscope.targets.detection.set_detections` of ``logits`` (B, Q, C+1) and
+    ``pred_boxes`` (B, Q, 4), normalised cx, cy, w, h).
+
+    ``default_layers``: candidate CAM layers, first existing wins (:data:`DETR_LAYER_REASON`).
+    """
+
+    default_layers = ("hf.model.input_projection",)
+
+    def __init__(self, hf: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf
+        self.model_type = str(getattr(hf.config, "model_type", ""))
+
+    def forward(self, x: Tensor) -> list[dict[str, Tensor]]:
+        out = self.hf(pixel_values=x)
+        return set_detections(out.logits, out.pred_boxes, (int(x.shape[-2]), int(x.shape[-1])))
+
+
+HF_TASKS = {
+    "classify": ("AutoModelForImageClassification", HuggingFaceClassifier),
+    "segment": ("AutoModelForSemanticSegmentation", HuggingFaceSegmenter),
+    "detect": ("AutoModelForObjectDetection", HuggingFaceDetector),
+}
+"""task -> (the transformers auto class, camscope's adapter)."""
+
+
+def hf_task(config: Any) -> str:
+    """``segment`` / ``detect`` / ``classify`` for a transformers config: from its
+    ``architectures`` (``...ForSemanticSegmentation``, ``...ForObjectDetection``), else from
+    its ``model_type`` when only the segmentation or detection auto class knows it; else
+    ``classify``."""
+    for arch in getattr(config, "architectures", None) or []:
+        if str(arch).endswith("ForSemanticSegmentation"):
+            return "segment"
+        if str(arch).endswith("ForObjectDetection"):
+            return "detect"
+    try:
+        from transformers.models.auto import modeling_auto as auto
+    except ImportError:  # pragma: no cover - checked by require() before
+        return "classify"
+    model_type = str(getattr(config, "model_type", ""))
+    if model_type in auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        return "classify"
+    if model_type in auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES:
+        return "segment"
+    if model_type in auto.MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES:
+        return "detect"
+    return "classify"
+
+
 def _is_local(target: str) -> bool:
     return Path(target).expanduser().is_dir() or target.startswith((".", "/", "~"))
 
@@ -107,7 +206,9 @@ def load_hf(model_spec: ModelSpec, device: str | torch.device = "cpu", progress:
     random = weights_file is None and (weights_tag is None or weights_tag.lower() == "none")
     config = _hub_call(spec, target, local, trust_remote_code, lambda t: _auto("AutoConfig").from_pretrained(t, trust_remote_code=trust_remote_code))
     _refuse_remote_code(spec, config.to_dict(), trust_remote_code)
-    auto_model = _auto("AutoModelForImageClassification")
+    task = hf_task(config)
+    auto_name, adapter = HF_TASKS[task]
+    auto_model = _auto(auto_name)
     if random or weights_file is not None:
         with seeded_random():
             hf = auto_model.from_config(config, trust_remote_code=trust_remote_code)
@@ -118,12 +219,12 @@ def load_hf(model_spec: ModelSpec, device: str | torch.device = "cpu", progress:
     else:
         hf = _hub_call(spec, target, local, trust_remote_code, lambda t: _from_pretrained(auto_model, t, trust_remote_code))
         weights_desc = f"hf:{target}"
-    model = HuggingFaceClassifier(hf).to(device).eval()
-    pre = _preprocess(spec, target, local, config, preprocess, trust_remote_code)
+    model = adapter(hf).to(device).eval()
+    pre = _preprocess(spec, target, local, config, preprocess, trust_remote_code, task)
     categories = _labels(config)
     return LoadedModel(
         model, spec, weights_desc, categories, pre, imagenet_wnids_if(categories),
-        info={"source": "hf", "model_type": model.model_type},
+        info={"source": "hf", "model_type": model.model_type, "task": task},
     )
 
 
@@ -183,23 +284,30 @@ def _labels(config: Any) -> list[str] | None:
     return [name.split(",")[0].strip() for name in names]
 
 
-def _preprocess(spec: str, target: str, local: bool, config: Any, mode: str, trust: bool) -> Preprocess:
+def _preprocess(spec: str, target: str, local: bool, config: Any, mode: str, trust: bool,
+                task: str = "classify") -> Preprocess:
     """Preprocessing from the image processor's config; the config's ``image_size`` (ImageNet
-    statistics) when there is no processor."""
+    statistics) when there is no processor. A detector's processor resizes the shorter side
+    keeping the aspect ratio (DETR: 800, at most 1333); camscope resizes the whole photo to
+    :data:`DETECTION_INPUT_SIZE` as for torchvision detectors (the map covers the photo), with
+    the processor's mean and std."""
     try:
         proc = _hub_call(
             spec, target, local, trust,
             lambda t: _auto("AutoImageProcessor").from_pretrained(t, trust_remote_code=trust),
         ).to_dict()
     except (UsageError, WeightsError, OSError, ValueError) as exc:
-        size = getattr(config, "image_size", 224)
+        size = DETECTION_INPUT_SIZE if task == "detect" else getattr(config, "image_size", 224)
         size = (size, size) if isinstance(size, int) else tuple(size)
         logger.warning(
             "%s: no image processor config (%s); resizing to %dx%d with ImageNet mean/std "
             "(--input-size, --mean, --std to change)", spec, first_line(exc), size[0], size[1],
         )
         return Preprocess("classic", size, None, IMAGENET_MEAN, IMAGENET_STD)
-    return preprocess_from_processor(proc, mode)
+    pre = preprocess_from_processor(proc, mode)
+    if task == "detect":
+        return Preprocess("classic", DETECTION_INPUT_SIZE, None, pre.mean, pre.std, pre.interpolation)
+    return pre
 
 
 def preprocess_from_processor(proc: dict[str, Any], mode: str) -> Preprocess:

@@ -33,6 +33,7 @@ import torch
 
 from camscope.errors import UsageError
 from camscope.models.common import (
+    DETECTION_INPUT_SIZE,
     IMAGENET_MEAN,
     IMAGENET_STD,
     LoadedModel,
@@ -45,9 +46,6 @@ from camscope.names import RANDOM_WEIGHTS
 
 __all__ = ["task_models", "model_task", "load_task_model", "DETECTION_INPUT_SIZE"]
 
-DETECTION_INPUT_SIZE = (800, 800)
-"""Size photos are resized to for a detector by the photo pipeline (the detector resizes its
-input again, to its own ``min_size``; boxes come back in these pixels)."""
 
 
 def task_models() -> dict[str, str]:

@@ -15,6 +15,27 @@ DEFAULT_THRESHOLD = 0.5
 DEFAULT_TOP_K = 10
 
 
+def set_detections(logits: Tensor, pred_boxes: Tensor, size: tuple[int, int]) -> list[dict[str, Tensor]]:
+    """A set-prediction detector's output (DETR, Carion et al. 2020) as torchvision detectors'
+    detections: one ``{"boxes", "labels", "scores"}`` dict per image, one detection per query.
+
+    ``logits`` (N, Q, C+1): class logits, the last column "no object"; ``pred_boxes`` (N, Q, 4):
+    boxes as centre x, centre y, width, height normalised to [0, 1] (sigmoid outputs);
+    ``size``: the input's (H, W). Each query's class probabilities are the softmax over all
+    C+1 columns (the paper's Eq. 1 and transformers' ``post_process_object_detection``); its
+    label is the most probable real class and its score that probability (the no-object column
+    excluded); its box ``(cx - w/2, cy - h/2, cx + w/2, cy + h/2)`` scaled to input pixels.
+    Differentiable: the detection target's ``IoU + score`` reaches both heads.
+    """
+    h, w = size
+    probs = torch.softmax(logits, dim=-1)[..., :-1]
+    scores, labels = probs.max(dim=-1)
+    cx, cy, bw, bh = pred_boxes.unbind(-1)
+    scale = pred_boxes.new_tensor([w, h, w, h])
+    boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=-1) * scale
+    return [{"boxes": boxes[i], "labels": labels[i], "scores": scores[i]} for i in range(logits.shape[0])]
+
+
 @register_target(
     "detection", title="detection (box and label)",
     equation="s = IoU(b, b_j) + p_j for the detection j best overlapping box b, if IoU > 0.5 and "

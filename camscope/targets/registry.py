@@ -75,7 +75,17 @@ def detections_of(output: Any) -> list[Mapping[str, Tensor]]:
     in input pixels), ``labels`` (n,) and ``scores`` (n,), as torchvision detectors return."""
     if isinstance(output, (list, tuple)) and all(isinstance(d, Mapping) and "boxes" in d for d in output):
         return list(output)
+    if _get(output, "pred_boxes") is not None and _get(output, "logits") is not None:
+        raise UsageError(
+            "the model's output is a set-prediction detector's (logits and normalised pred_boxes, "
+            "e.g. DETR): load it with camscope.load_model('hf/...') or wrap it in "
+            "camscope.models.hf_source.HuggingFaceDetector, which gives boxes in input pixels"
+        )
     raise UsageError(f"the model's output ({_describe(output)}) is not a detector's list of boxes, labels and scores")
+
+
+def _get(output: Any, key: str) -> Any:
+    return output.get(key) if isinstance(output, Mapping) else getattr(output, key, None)
 
 
 def embedding_of(output: Any) -> Tensor:

@@ -42,6 +42,18 @@ def box_mask(box: Sequence[float], size: tuple[int, int], what: str = "box") -> 
     return ((xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)).float()
 
 
+def to_output_resolution(mask: Tensor, out_size: tuple[int, int]) -> Tensor:
+    """A region (H, W) given at the input's resolution, at the logits' resolution ``out_size``:
+    each logit cell weighted by the share of its pixels inside the region (area averaging), so
+    that a model whose logits are coarser than its input (SegFormer: H/4) sums its logits over
+    the same region; unchanged when the sizes agree (torchvision's segmenters)."""
+    import torch.nn.functional as F
+
+    if tuple(mask.shape) == tuple(out_size):
+        return mask
+    return F.interpolate(mask[None, None].float(), size=out_size, mode="area")[0, 0]
+
+
 @register_target(
     "segment", title="segmentation region",
     equation="s = sum_(i,j) M_ij y_c[i,j] (M: the region; default the predicted mask of c)", task="segment",
@@ -50,8 +62,11 @@ class SegmentRegion(Target):
     """Class ``c``'s logits summed over a region ``M`` (pytorch-grad-cam's
     ``SemanticSegmentationTarget``). By default ``M`` is the model's own predicted mask of
     ``c`` on the photo (pixels whose argmax is ``c``), fixed when the target is made; or a
-    given mask, or a box. As Score-CAM's probability: the mean softmax probability of ``c``
-    over ``M``."""
+    given mask, or a box (both in input pixels). ``M`` lives at the logits' resolution: a model
+    whose logits are coarser than its input (SegFormer: H/4 x W/4) gets a given mask or box
+    area-averaged to it (:func:`to_output_resolution`); :meth:`mask_at` gives ``M`` at any
+    size for drawing. As Score-CAM's probability: the mean softmax probability of ``c`` over
+    ``M``."""
 
     spatial = True
 
@@ -77,6 +92,14 @@ class SegmentRegion(Target):
 
     def name(self, categories: Sequence[str] | None = None) -> str:
         return class_name(self.label, categories)
+
+    def mask_at(self, size: tuple[int, int]) -> Tensor:
+        """The region resized (nearest) to ``size`` (H, W), e.g. the input's, to draw it."""
+        import torch.nn.functional as F
+
+        if tuple(self.mask.shape) == tuple(size):
+            return self.mask
+        return F.interpolate(self.mask[None, None], size=tuple(size), mode="nearest")[0, 0]
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "class": self.label, "region": self.region, "pixels": int(self.mask.sum())}
@@ -105,14 +128,15 @@ class SegmentRegion(Target):
     def for_class(cls, label: int, output: Any, item: int, task: Task, size: tuple[int, int]) -> Target:
         logits = _pixel_logits(output).detach()
         check_class(label, logits.shape[1])
-        out_size = tuple(logits.shape[-2:])
+        out_size = (int(logits.shape[-2]), int(logits.shape[-1]))
         if task.mask is not None:
             mask = torch.as_tensor(task.mask).float()
-            if tuple(mask.shape) != out_size:
-                raise UsageError(f"the mask is {tuple(mask.shape)}, the model's output {out_size}")
-            return cls(label, mask, "mask")
+            if tuple(mask.shape) not in (out_size, tuple(size)):
+                raise UsageError(f"the mask is {tuple(mask.shape)}; give it at the input's size {tuple(size)}"
+                                 + (f" or the model's output size {out_size}" if out_size != tuple(size) else ""))
+            return cls(label, to_output_resolution(mask, out_size), "mask")
         if task.boxes:
             if len(task.boxes) != 1:
                 raise UsageError("a segment target takes one box")
-            return cls(label, box_mask(task.boxes[0], out_size), "box")
+            return cls(label, to_output_resolution(box_mask(task.boxes[0], size), out_size), "box")
         return cls(label, (logits[item].argmax(dim=0) == label).float().cpu(), "predicted")

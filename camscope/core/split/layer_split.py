@@ -17,7 +17,9 @@ in the carry, ``tail`` rebuilds the layer's output from the map and them. Two im
 * **hook fallback** (slow; used when tracing fails or ``allow_trace=False``): ``head`` runs the
   full model with a forward hook capturing the target output and carries the input ``x``;
   ``tail`` re-runs the full model on ``x[index]`` with a forward hook that substitutes the given
-  activations for the target output. Hooks are removed in ``finally``.
+  activations for the target output. Hooks are removed in ``finally``. For gradients,
+  ``head_tail(x)`` does both in one forward (the capture's common case: one forward instead of
+  two, as pytorch-grad-cam's hooks do).
 
 A module called several times per forward (e.g. the ``relu`` that torchvision's Bottleneck reuses
 three times) is split at its **last** call in both paths: the activations are that call's output
@@ -107,6 +109,51 @@ class LayerSplit:
             for v, mutated in zip(values, self.tail_mutates[1:], strict=True)
         )
         return self.tail_module(out, *values)
+
+    def head_tail(self, x: Tensor) -> tuple[Tensor, Carry, Tensor, Any] | None:
+        """``head(x)`` and ``tail`` of its maps made a leaf that requires grad, in one pass:
+        ``(maps, carry, leaf, output)``, for the gradient of a score with respect to the maps.
+
+        The hook path runs the model once (instead of a head run and a tail run): every call of
+        the target module returns a copy of its output rebuilt from a fresh leaf, the last one
+        is kept (values unchanged, and nothing downstream of the last call depends on the
+        earlier copies' history). None for the traced split (its head is a fraction of a
+        forward: ``head`` then ``tail``) and when the layer's output is not one tensor.
+        Call it with gradients enabled.
+        """
+        if self.head_module is not None:
+            return None
+        calls = 0
+        kept: dict[str, Any] = {}
+
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if not isinstance(out, Tensor) or "refused" in kept:
+                kept["refused"] = True
+                return None
+            raw = out.detach().clone()  # later in-place ops of the model must not alter it
+            rs = self._resolve(raw, x)
+            leaf = rs.to_maps(raw).detach().clone().requires_grad_(True)
+            prefix = rs.prefix(raw)
+            kept.update(raw=raw, rs=rs, leaf=leaf, prefix=prefix)
+            rebuilt = leaf if rs.kind == "none" else rs.to_layer(leaf, prefix)
+            return rebuilt.clone()  # the model may modify the layer output in place
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            output = self.model(x)
+        finally:
+            handle.remove()
+        if calls == 0:
+            raise UsageError(f"layer {self.layer!r} is never called in the model's forward pass")
+        if "refused" in kept:
+            return None
+        leaf, rs = kept["leaf"], kept["rs"]
+        maps = leaf.detach()
+        carry = Carry((x,), leading_dim(x), (True,), target_call=calls)
+        carry.reshape, carry.kept, carry.acts_shape = rs, kept["prefix"], _acts_shape(maps)
+        return maps, carry, leaf, output
 
     def forward(self, x: Tensor) -> Tensor:
         """``tail(*head(x))``: equals ``model(x)``."""
@@ -237,10 +284,18 @@ def split_model(
 
 
 class _restoring:
-    """Context manager: every module's attributes as they were on entry, on exit."""
+    """Context manager: every module's attributes as they were on entry, on exit -- and the
+    contents of its hook registries (``_forward_hooks``...), which code run while tracing may
+    fill in place (transformers >= 5 installs its output-recording hooks on the first forward
+    and marks the model with an attribute; without this the mark would go and the hooks stay,
+    and the next forward would install them twice)."""
 
     def __init__(self, saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
         self.saved = saved
+        self.hooks = [
+            (m, {k: dict(v) for k, v in attrs.items() if "hooks" in k and isinstance(v, dict)})
+            for m, attrs in saved
+        ]
 
     def __enter__(self) -> None:
         return None
@@ -252,6 +307,12 @@ class _restoring:
             for k, v in attrs.items():
                 if vars(m).get(k, _MISSING) is not v:
                     object.__setattr__(m, k, v)
+        for m, registries in self.hooks:
+            for k, content in registries.items():
+                registry = vars(m)[k]
+                if registry.keys() != content.keys():
+                    registry.clear()
+                    registry.update(content)
 
 
 _MISSING = object()
