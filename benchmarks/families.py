@@ -3,12 +3,13 @@
 
 For every registered method: whether it applies to a CNN (ResNet-50), a ViT (ViT-B/16) and a
 Swin (Swin-T) -- from the registry's own ``applies_to``, the check ``camscope methods --model``
-prints -- its forward/backward passes per image (the registry's ``forward_passes``), and the
+prints -- its passes per image (as ``camscope methods --markdown`` prints them), and the
 median seconds per photo on ResNet-50 (``layer4``) and ViT-B/16 (the last block's ``ln_1``,
 camscope's default), beside pytorch-grad-cam / torch-cam where they ship the method, called on
 the same model object, input, layer and target class in the same run (ViT: pytorch-grad-cam with
 its usual ``reshape_transform`` dropping the class token; torch-cam's ``LeGrad`` on the encoder
-blocks). Random weights (``torch.manual_seed(seed)``; no pretrained weights offline), 224x224,
+blocks). Random weights (``torch.manual_seed(seed)``; the ViT's zero-initialised head
+drawn from N(0, 0.02) so that its logits differ; no pretrained weights offline), 224x224,
 the predicted class. Each call runs once untimed (warm-up), then ``--repeats`` times.
 
 Methods with K full forwards per image (Score-CAM and its family; Ablation-CAM in the reference
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         "ResNet-50": torchvision.models.resnet50(weights=None).eval(),
         "ViT-B/16": torchvision.models.vit_b_16(weights=None).eval(),
     }
+    # torchvision starts the ViT head at zero (every logit 0, every gradient map blank): a random head
+    torch.nn.init.normal_(models["ViT-B/16"].heads.head.weight, std=0.02)
     swin = torchvision.models.swin_t(weights=None).eval()
     names = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
     pre = Preprocess("classic")
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, spec, applies, cells in rows:
         yes = {k: "yes" if v else "-" for k, v in applies.items()}
         r, v = cells["ResNet-50"], cells["ViT-B/16"]
-        print(f"| `{name}` | {yes['CNN']} | {yes['ViT']} | {yes['Swin']} | {spec.forward_passes} | "
+        print(f"| `{name}` | {yes['CNN']} | {yes['ViT']} | {yes['Swin']} | {spec.passes()} | "
               f"{r[0]} | {r[1]} | {r[2]} | {v[0]} | {v[1]} | {v[2]} |")
     return 0
 

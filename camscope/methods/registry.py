@@ -55,6 +55,12 @@ class MethodSpec:
     applies_to: Callable[[Any], str | None] | None = None
     pixel_level: bool = False
 
+    def passes(self) -> str:
+        """Passes per image, as the method table prints them."""
+        if self.forward_passes != "0":
+            return self.forward_passes
+        return "1 fwd + 1 bwd to layer" if self.needs_gradients else "1 fwd"
+
     def refusal(self, model: Any) -> str | None:
         """Why this method cannot explain ``model`` (one line), or None when it can."""
         return None if self.applies_to is None else self.applies_to(model)
@@ -128,11 +134,5 @@ def methods_markdown() -> str:
         "|---|---|---|---|---|",
     ]
     for s in METHODS.values():
-        if s.forward_passes != "0":
-            passes = s.forward_passes
-        elif s.needs_gradients:
-            passes = "1 fwd + 1 bwd to layer"
-        else:
-            passes = "1 fwd"
-        lines.append(f"| `{s.name}` | {s.title} | [{s.paper}]({s.url}) | {s.equation} | {passes} |")
+        lines.append(f"| `{s.name}` | {s.title} | [{s.paper}]({s.url}) | {s.equation} | {s.passes()} |")
     return "\n".join(lines)
