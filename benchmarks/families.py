@@ -71,8 +71,10 @@ def resnet_references(model: torch.nn.Module) -> dict[str, Callable[[torch.Tenso
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     refs = references(model)
-    for name, cls in PGC_BASE.items():
-        def run(x, c, cls=getattr(pgc, cls)):
+    for name, cls_name in PGC_BASE.items():
+        cls = getattr(pgc, cls_name)
+
+        def run(x, c, cls=cls):
             with cls(model=model, target_layers=[model.layer4]) as cam:
                 return cam(input_tensor=x, targets=[ClassifierOutputTarget(c)])[0]
         refs[name] = run
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             for x in xs:
                 with torch.no_grad():
                     c = int(model(x).argmax())
-                t, ours = _timed(lambda x=x, c=c, e=engine: e(x, targets=[[c]]).maps[name][0, 0].numpy(),
+                t, ours = _timed(lambda x=x, c=c, e=engine, n=name: e(x, targets=[[c]]).maps[n][0, 0].numpy(),
                                  args.repeats, warm=name not in SLOW_OURS)
                 ours_t.append(t)
                 ref = refs.get(fam, {}).get(name)
