@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from camscope.cli.args import (
     add_methods_arg,
+    add_task_args,
     add_model_args,
     add_quiet_arg,
     add_ray_args,
@@ -38,8 +39,7 @@ def register(subparsers: Any) -> None:
     g = ex.add_argument_group("methods")
     add_methods_arg(g)
     add_smooth_arg(g)
-    g.add_argument("--class", dest="target_class", help="class to explain: index or name (default: predicted)")
-    g.add_argument("--top-k", type=int, default=1, help="explain the K best predicted classes (default: 1)")
+    add_task_args(ex)
     add_speed_args(g)
     g.add_argument("--images-per-batch", type=int, default=4, help="images per capture (default: 4)")
     g.add_argument("--max-pixels", type=int, default=89_478_485, metavar="N",
