@@ -109,7 +109,7 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="at most K targets per image: the K best classes, detections or labels (default: 1; "
                    "detect and multilabel: 10)")
-    g.add_argument("--box", dest="boxes", action="append", default=[], metavar="x0,y0,x1,y1[:label]",
+    g.add_argument("--box", dest="target_boxes", action="append", default=[], metavar="x0,y0,x1,y1[:label]",
                    help="detect: explain the detection best matching this box (photo pixels; label: class index or "
                    "name) instead of every detection above --score-threshold (repeatable)")
     g.add_argument("--score-threshold", type=float, default=None, metavar="S",

@@ -47,7 +47,7 @@ class ExplainOptions:
     10 detections or labels)."""
     task: str | None = None
     """``--task``: a registered task (None: from the model; see :mod:`camscope.run.tasks`)."""
-    boxes: Sequence[str] = ()
+    target_boxes: Sequence[str] = ()
     """``--box x0,y0,x1,y1[:label]`` (photo pixels): detections to explain (task ``detect``)."""
     score_threshold: float | None = None
     """``--score-threshold``: least detection / label score (``detect``, ``multilabel``)."""

@@ -140,7 +140,7 @@ def setup_task(opts: Any, loaded: LoadedModel, photos: Sequence[tuple[str, Path]
     if name is None:
         info = loaded.info.get("task") if isinstance(getattr(loaded, "info", None), dict) else None
         name = info or ("contrast" if opts.contrast is not None else ("embed" if opts.concept is not None else None))
-    if name in (None, CLASSIFY) and not (opts.boxes or opts.score_threshold is not None or opts.concept is not None):
+    if name in (None, CLASSIFY) and not (opts.target_boxes or opts.score_threshold is not None or opts.concept is not None):
         return None  # a classifier run, as it always was
     name = name or CLASSIFY
     output = _probe(loaded, device)
@@ -161,7 +161,7 @@ def setup_task(opts: Any, loaded: LoadedModel, photos: Sequence[tuple[str, Path]
     if categories is not None and num_classes is not None and name != "embed" and len(categories) != num_classes:
         raise UsageError(f"the labels give {len(categories)} class names but the model has {num_classes} outputs")
     # ---- flags that belong to other tasks: one line each --------------------------------------
-    if opts.boxes and name != "detect":
+    if opts.target_boxes and name != "detect":
         raise _refuse("--box", name, "--task detect")
     if opts.score_threshold is not None and name not in ("detect", "multilabel"):
         raise _refuse("--score-threshold", name, "--task detect and --task multilabel")
@@ -190,10 +190,10 @@ def setup_task(opts: Any, loaded: LoadedModel, photos: Sequence[tuple[str, Path]
         if not 0.0 <= opts.score_threshold <= 1.0:
             raise UsageError(f"--score-threshold must be in [0, 1], not {opts.score_threshold}")
         options["score_threshold"] = opts.score_threshold
-    boxes = [parse_box(b, categories) for b in opts.boxes or ()]
+    boxes = [parse_box(b, categories) for b in opts.target_boxes or ()]
     if boxes:
-        _check_boxes_fit(boxes, list(opts.boxes), photos)
-        options["boxes"] = list(opts.boxes)
+        _check_boxes_fit(boxes, list(opts.target_boxes), photos)
+        options["boxes"] = list(opts.target_boxes)
     if name == "embed":
         _embed_concept(opts, loaded, task, device)
         from camscope.targets import embedding_of
