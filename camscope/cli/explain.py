@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from camscope.cli.args import (
     add_methods_arg,
-    add_task_args,
     add_model_args,
     add_quiet_arg,
     add_ray_args,
     add_smooth_arg,
     add_speed_args,
+    add_task_args,
     model_from_args,
     ray_from_args,
     speed_from_args,

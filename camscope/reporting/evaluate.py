@@ -163,7 +163,7 @@ def evaluate_run(
 
 def check_measurable(out: Path, manifest: Manifest) -> None:
     """One-line error before any work for a run that wrote no maps."""
-    images = manifest.complete()
+    images = {rel: rec for rel, rec in manifest.complete().items() if rec.targets}  # a photo with no target has no map
     if images and not any("maps" in rec.kinds() for rec in images.values()):
         kinds = ",".join(manifest.output_kinds or ()) or "without maps"
         raise UsageError(

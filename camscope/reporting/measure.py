@@ -33,8 +33,8 @@ from camscope.io.rundir import ImageRecord, Manifest, RunDir, parse_variant, smo
 from camscope.metrics import MetricInputs, MetricSpec
 from camscope.metrics.registry import call_metric
 from camscope.reporting.boxes import boxes_for, boxes_to_input_frame
-from camscope.reporting.masks import mask_for
 from camscope.reporting.cache import RECORD_VERSION, file_sha1, load_image_metrics, metric_key
+from camscope.reporting.masks import mask_for
 from camscope.reporting.model import ModelProvider, as_loaded
 from camscope.reporting.settings import STABILITY_SEEDS, MeasureSettings
 

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from PIL import Image
 
 from camscope.core.smoothing import Smoothing
@@ -50,6 +49,7 @@ from camscope.models import LoadedModel, wnid_from_name
 from camscope.names import parse_variant, variant_name
 from camscope.render.comparison import figure_rows, figure_title
 from camscope.render.draw import TargetRegion, comparison_figure, figure_png, overlay, png_bytes
+from camscope.render.targets import target_caption, target_region
 from camscope.run.records import Explained, PlannedImage
 
 __all__ = ["OutputJob", "OutputKind", "OUTPUT_KINDS", "register_output_kind", "output_kind_names", "write_image"]
@@ -226,39 +226,6 @@ def write_image(
 
 CLASS_TASKS = ("classify", "probability", "multilabel", "contrast", "zeroshot")
 """Tasks whose model output is class logits (their record keeps the top-5 classes)."""
-
-
-def target_region(target: Any, frame: tuple[int, int]) -> TargetRegion | None:
-    """The box (a detection's) or mask (a segment's) of a target, in the map's frame, to draw
-    and to record; None for a target without one."""
-    box = getattr(target, "box", None)
-    mask = getattr(target, "mask", None)
-    if box is None and mask is None:
-        return None
-    b = None if box is None else tuple(float(v) for v in torch.as_tensor(box).tolist()[:4])
-    m = None if mask is None else torch.as_tensor(mask).detach().cpu().numpy() > 0
-    return TargetRegion(frame, b, m)  # type: ignore[arg-type]
-
-
-def target_caption(target: Any, name: str, score: float, probs: Any) -> str:
-    """The label of a target in figures: ``dog 87%`` (a detection's confidence), ``person
-    (predicted mask)``, ``"a dog" cos 0.31``, ``dog-vs-cat +2.1``, ``tabby 93.1%``."""
-    kind = getattr(target, "kind", "custom")
-    if kind == "detection":
-        found = getattr(target, "detected_score", None)
-        return f"{name} {found:.0%}" if found is not None else f"{name} (given box, score {score:.2f})"
-    if kind == "segment":
-        return f"{name} ({getattr(target, 'region', 'given')} mask)"
-    if kind == "similarity":
-        return f'"{name}" cos {score:.3f}'
-    if kind == "multilabel":
-        return f"{name} {score:.1%}"
-    if kind == "contrast":
-        return f"{name} {score:+.2f}"
-    label = int(getattr(target, "label", -1))
-    if kind in ("logit", "probability") and 0 <= label < probs.numel():
-        return f"{name} {float(probs[label]):.1%}"
-    return f"{name} {score:.3g}"
 
 
 def _target_prob(target: Any, score: float, probs: Any) -> float:
