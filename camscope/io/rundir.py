@@ -518,8 +518,13 @@ TASK_PREDICTION_COLUMNS: tuple[str, ...] = (
 )
 """``predictions.csv`` of a run of another task than ``classify``: one row per explained target
 (``score``: what the maps explain; ``prob``: the class's softmax probability, a detection's
-confidence, a label's sigmoid, else the score; box in the photo's pixels); a photo explained
+confidence, a label's sigmoid, empty for segments and similarities; box in the photo's pixels); a photo explained
 with no target has one row with no rank."""
+
+
+_PROBABILITY_KINDS = ("logit", "probability", "contrast", "multilabel", "detection")
+"""Target kinds whose recorded ``prob`` is a probability (softmax, sigmoid, a detection's
+confidence); the others (a segment's summed logits, a cosine) leave the column empty."""
 
 
 def task_prediction_rows(rel: str, rec: ImageRecord) -> list[list[Any]]:
@@ -530,7 +535,7 @@ def task_prediction_rows(rel: str, rec: ImageRecord) -> list[list[Any]]:
     for rank, t in enumerate(rec.explained):
         box = list(t.box_photo) if t.box_photo is not None else ["", "", "", ""]
         concept = t.details.get("concept", "")
-        prob = rec.targets[rank].prob if rank < len(rec.targets) else ""
+        prob = rec.targets[rank].prob if rank < len(rec.targets) and t.kind in _PROBABILITY_KINDS else ""
         rows.append([rel, rec.source, rank + 1, t.kind, t.index if t.index >= 0 else "", t.name, t.score, prob,
                      *box, t.mask or "", concept, t.stem])
     return rows

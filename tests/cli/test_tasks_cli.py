@@ -369,3 +369,13 @@ def test_result_save_writes_the_cli_folder_and_draws_boxes(photos: Path, tmp_pat
 
     none = camscope.explain(loaded, files, layer="backbone.5", methods=["gradcam"], task=Task("detect", score_threshold=0.99))
     assert "no target" in none._repr_html_()
+
+
+def test_open_clip_source_names_its_problems_in_one_line() -> None:
+    from camscope.errors import UsageError
+
+    pytest.importorskip("open_clip")
+    with pytest.raises(UsageError, match=r"^--model open_clip/NoSuchNet: open_clip has no architecture 'NoSuchNet'"):
+        ModelSpec("open_clip/NoSuchNet", weights_tag="none").load()
+    with pytest.raises(UsageError, match=r"^unknown --weights-tag 'nope' for open_clip/ViT-B-32; choose from: openai, "):
+        ModelSpec("open_clip/ViT-B-32", weights_tag="nope").load()
