@@ -3,13 +3,15 @@
     DIR/
       <variant>/<stem>.png, <variant>/<stem>.npy    overlay and float32 map per method variant
       figures/<stem>.png                            comparison figure
+      regions/<stem>.png                            a segment target's region mask (task runs)
       manifest.json                                 settings, versions, per-image records
       predictions.csv, failures.csv                 derived from the manifest
       metrics/<rel>.json, report.html, metrics.csv, summary.json, report_assets/   (report)
 
 A *variant* is a method under a smoothing (``gradcam``, ``gradcam+eigen+aug``); a *stem* is an
 image's output name (its relative path without the extension, plus ``.topN`` for the N-th
-explained class when several are). Writers and readers go through :class:`RunDir` and the typed
+explained class when several are; in a run of another task than ``classify``,
+``__<target>_<NN>`` for each target: ``photo__dog_03``). Writers and readers go through :class:`RunDir` and the typed
 records below; nothing else builds these names or reads these keys. The manifest carries a
 format version: a newer one is refused with a clear message; older files without one load as
 version 1. This module imports neither torch nor matplotlib.
