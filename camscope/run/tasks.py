@@ -202,7 +202,7 @@ def setup_task(opts: Any, loaded: LoadedModel, photos: Sequence[tuple[str, Path]
         if task.concept is not None and int(task.concept.numel()) != dims:
             raise UsageError(f"--concept {opts.concept!r} embeds to {int(task.concept.numel())} dimensions, "
                              f"{loaded.name}'s image embedding has {dims}")
-        options["concept"] = task.concept_name
+        options["concept"] = opts.concept  # as given: a prompt, or the reference image's path
     if name == "zeroshot":
         options["prompts"] = list(categories or ())
     from camscope.targets import TARGETS, TASKS

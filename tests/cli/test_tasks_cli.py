@@ -69,32 +69,51 @@ def _error_line(err: str) -> str:
 # --------------------------------------------------------------------------- segment
 
 
+def _predicted_class(loaded, files: list[Path]) -> int:
+    """A class (not the background) the random segmenter predicts in every one of ``files``."""
+    with torch.no_grad():
+        x = torch.stack([loaded.preprocess.to_tensor(Image.open(f).convert("RGB")) for f in files])
+        pred = loaded.model(x)["out"].argmax(dim=1)
+    counts = torch.stack([torch.bincount(p.flatten(), minlength=21) for p in pred]).min(dim=0).values
+    counts[0] = 0
+    assert int(counts.max()) > 0
+    return int(counts.argmax())
+
+
 def test_segment_class_files_manifest_and_map(photos: Path, tmp_path: Path, capsys) -> None:
+    files = [photos / "p0.png", photos / "p1.png"]
+    loaded = ModelSpec("lraspp_mobilenet_v3_large", weights_tag="none", input_size=64).load()
+    c = _predicted_class(loaded, files)
+    name = loaded.categories[c]
+    slug = name.lower().replace(" ", "-")
     out = tmp_path / "seg"
     argv = ["explain", str(photos), "--model", "lraspp_mobilenet_v3_large", "--weights-tag", "none",
-            "--input-size", "64", "--task", "segment", "--class", "person", "--methods", "gradcam", "--out", str(out)]
+            "--input-size", "64", "--task", "segment", "--class", name, "--methods", "gradcam", "--out", str(out)]
     rc, err = _run(argv, capsys)
     assert rc == 0, err
     # one map per target, named after it; the region mask written beside
     assert sorted(p.name for p in (out / "gradcam").iterdir()) == [
-        "p0__person_01.npy", "p0__person_01.png", "p1__person_01.npy", "p1__person_01.png"]
-    assert (out / "figures" / "p0__person_01.png").is_file()
+        f"p0__{slug}_01.npy", f"p0__{slug}_01.png", f"p1__{slug}_01.npy", f"p1__{slug}_01.png"]
+    assert (out / "figures" / f"p0__{slug}_01.png").is_file()
     m = _manifest(out)
-    assert m["settings"]["task"] == "segment" and m["settings"]["target_class"] == "person"
+    assert m["settings"]["task"] == "segment" and m["settings"]["target_class"] == name
     t = m["images"]["p0.png"]["explained"][0]
     assert (t["kind"], t["name"], t["class"], t["region"], t["mask"]) == (
-        "segment", "person", 15, "predicted", "regions/p0__person_01.png")
-    # the recorded mask is the model's own predicted mask of the class, and the map is explain's
-    loaded = ModelSpec("lraspp_mobilenet_v3_large", weights_tag="none", input_size=64).load()
-    res = camscope.explain(loaded, str(photos / "p0.png"), methods=["gradcam"], task=Task("segment", classes=[15]))
-    np.testing.assert_array_equal(np.load(out / "gradcam" / "p0__person_01.npy"), res.maps["gradcam"][0, 0].numpy())
+        "segment", name, c, "predicted", f"regions/p0__{slug}_01.png")
+    # the recorded mask is the model's own predicted mask of the class, and each map is explain's
+    res = camscope.explain(loaded, [str(f) for f in files], methods=["gradcam"], task=Task("segment", classes=[c]),
+                           images_per_call=1)
+    for i in (0, 1):  # each photo of the run's batch of two has its own map (not the second one blank)
+        saved = np.load(out / "gradcam" / f"p{i}__{slug}_01.npy")
+        np.testing.assert_allclose(saved, res.maps["gradcam"][i, 0].numpy(), atol=1e-5)
+        assert saved.max() == pytest.approx(1.0) and saved.min() == pytest.approx(0.0)
     mask = np.asarray(Image.open(out / t["mask"])) > 0
     np.testing.assert_array_equal(mask, res.explained[0][0].mask.numpy() > 0)
-    assert t["pixels"] == int(mask.sum())
+    assert t["pixels"] == int(mask.sum()) > 0
     rows = _rows(out)
     assert [(r["file"], r["rank"], r["kind"], r["class"], r["name"], r["mask"]) for r in rows] == [
-        ("p0.png", "1", "segment", "15", "person", "regions/p0__person_01.png"),
-        ("p1.png", "1", "segment", "15", "person", "regions/p1__person_01.png")]
+        ("p0.png", "1", "segment", str(c), name, f"regions/p0__{slug}_01.png"),
+        ("p1.png", "1", "segment", str(c), name, f"regions/p1__{slug}_01.png")]
     # the same command resumes: nothing recomputed
     rc, err = _run(argv, capsys)
     assert rc == 0 and "0 images explained, 2 already complete" in err
@@ -123,7 +142,9 @@ def test_detect_threshold_top_k_names_boxes_and_maps(photos: Path, tmp_path: Pat
     for j, t in enumerate(rec["explained"]):
         assert t["box"] == [round(float(v), 2) for v in res.explained[0][j].box]
         for method in ("gradcam", "ablationcam"):
-            np.testing.assert_array_equal(np.load(out / method / f"{t['stem']}.npy"), res.maps[method][0, j].numpy())
+            saved = np.load(out / method / f"{t['stem']}.npy")
+            np.testing.assert_array_equal(saved, res.maps[method][0, j].numpy())
+            assert saved.max() == pytest.approx(1.0)  # a real map, not a blank one
     # boxes in photo pixels (128x96 photo, 64x64 input): the map-frame box scaled back
     t = rec["explained"][0]
     assert t["box_photo"] == pytest.approx([t["box"][0] * 2, t["box"][1] * 1.5, t["box"][2] * 2, t["box"][3] * 1.5], abs=0.02)
@@ -192,7 +213,9 @@ def test_embed_text_and_image_concepts(photos: Path, tmp_path: Path, capsys) -> 
     loaded.model = enc
     task = Task("embed", concept=concept_embedding("a dog", enc), concept_name="a dog")
     res = camscope.explain(loaded, [str(photos / "p0.png"), str(photos / "p1.png")], methods=["gradcam"], task=task)
-    np.testing.assert_array_equal(np.load(out / "gradcam" / "p1__a-dog_01.npy"), res.maps["gradcam"][1, 0].numpy())
+    saved = np.load(out / "gradcam" / "p1__a-dog_01.npy")
+    np.testing.assert_array_equal(saved, res.maps["gradcam"][1, 0].numpy())
+    assert saved.max() == pytest.approx(1.0)
     with torch.no_grad():
         x = torch.stack([loaded.preprocess.to_tensor(Image.open(photos / f"p{i}.png").convert("RGB")) for i in (0, 1)])
         cos = torch.nn.functional.cosine_similarity(enc(x), task.concept[None], dim=1)
