@@ -140,12 +140,15 @@ def setup_task(opts: Any, loaded: LoadedModel, photos: Sequence[tuple[str, Path]
     if name is None:
         info = loaded.info.get("task") if isinstance(getattr(loaded, "info", None), dict) else None
         name = info or ("contrast" if opts.contrast is not None else ("embed" if opts.concept is not None else None))
-    if name in (None, CLASSIFY) and not (opts.target_boxes or opts.score_threshold is not None or opts.concept is not None):
+    plain = not (opts.target_boxes or opts.score_threshold is not None or opts.concept is not None)
+    if name is None and plain:
         return None  # a classifier run, as it always was
     name = name or CLASSIFY
     output = _probe(loaded, device)
     kind = infer_task(output)
     what = f"{loaded.name}'s output is {_describe(output)}"
+    if name == CLASSIFY and kind == "classify" and plain:
+        return None  # --task classify given: the classifier run it always was
     if kind == "detect" and name != "detect":
         raise UsageError(f"--task {name} does not fit a detector ({what}); use --task detect")
     if kind == "segment" and name != "segment":

@@ -341,6 +341,9 @@ def test_report_masks_ground_truth_and_own_region(photos: Path, tmp_path: Path, 
          f"--task zeroshot needs a CLIP model (open_clip or transformers CLIPModel); {MULTI} is not one"),
         (["--model", MULTI, "--input-size", "32", "--task", "segment"],
          f"--task segment needs per-pixel logits (N, C, H, W); {MULTI}'s output is a tensor of shape (1, 5)"),
+        (["--model", "lraspp_mobilenet_v3_large", "--weights-tag", "none", "--input-size", "64", "--task", "classify"],
+         "--task classify does not fit a segmenter (lraspp_mobilenet_v3_large's output is a OrderedDict with keys out); "
+         "use --task segment"),
         (["--model", MULTI, "--input-size", "32", "--score-threshold", "0.5"],
          "--score-threshold applies to --task detect and --task multilabel only; this run's task is classify"),
         (["--model", RCNN, "--task", "detect", "--input-size", "64", "--layer", "backbone.5", "--concept", "a dog"],
@@ -351,7 +354,7 @@ def test_report_masks_ground_truth_and_own_region(photos: Path, tmp_path: Path, 
         (["--model", CLIP, "--input-size", "32", "--concept", "missing.jpg"], "--concept missing.jpg: no such image file"),
     ],
     ids=["box-outside", "box-empty", "class-name", "class-index", "box-not-detect", "text-concept-no-clip",
-         "zeroshot-no-clip", "segment-classifier", "threshold-classify", "concept-detect", "clip-no-task",
+         "zeroshot-no-clip", "segment-classifier", "classify-segmenter", "threshold-classify", "concept-detect", "clip-no-task",
          "concept-missing-file"],
 )
 def test_bad_task_input_is_one_line(photos: Path, tmp_path: Path, capsys, extra: list[str], expected: str) -> None:
