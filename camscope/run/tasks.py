@@ -34,9 +34,6 @@ __all__ = ["TaskSetup", "setup_task", "parse_box", "photo_box_to_input", "input_
 
 CLASSIFY = "classify"
 
-CLASS_TASKS = ("classify", "probability", "multilabel", "contrast", "zeroshot")
-"""Tasks whose targets are classes of (N, C) logits."""
-
 _BOX = re.compile(r"\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)\s*(?::\s*(.+?)\s*)?")
 
 
@@ -175,8 +172,8 @@ def setup_task(opts: Any, loaded: LoadedModel, photos: Sequence[tuple[str, Path]
     if opts.contrast is not None:
         name = "contrast"
     if opts.target_class is not None and name in ("detect", "embed"):
-        hint = "give --box x0,y0,x1,y1:label" if name == "detect" else "give --concept"
-        raise _refuse("--class", name, "the class tasks and --task segment (" + hint + ")")
+        hint = "--box x0,y0,x1,y1:label" if name == "detect" else "--concept TEXT|IMAGE"
+        raise UsageError(f"--class applies to class and segment tasks; for --task {name} give {hint}")
     task = Task(name=name, top_k=opts.top_k, score_threshold=opts.score_threshold)
     options: dict[str, Any] = {}
     if opts.target_class is not None:

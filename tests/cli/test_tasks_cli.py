@@ -348,14 +348,16 @@ def test_report_masks_ground_truth_and_own_region(photos: Path, tmp_path: Path, 
          "--score-threshold applies to --task detect and --task multilabel only; this run's task is classify"),
         (["--model", RCNN, "--task", "detect", "--input-size", "64", "--layer", "backbone.5", "--concept", "a dog"],
          "--concept applies to --task embed only; this run's task is detect"),
+        (["--model", RCNN, "--task", "detect", "--input-size", "64", "--layer", "backbone.5", "--class", "1"],
+         "--class applies to class and segment tasks; for --task detect give --box x0,y0,x1,y1:label"),
         (["--model", CLIP, "--input-size", "32"],
          f"{CLIP} is a CLIP model: explain --task embed --concept TEXT|IMAGE, or --task zeroshot --labels PROMPTS.txt "
          "(one prompt per line)"),
         (["--model", CLIP, "--input-size", "32", "--concept", "missing.jpg"], "--concept missing.jpg: no such image file"),
     ],
     ids=["box-outside", "box-empty", "class-name", "class-index", "box-not-detect", "text-concept-no-clip",
-         "zeroshot-no-clip", "segment-classifier", "classify-segmenter", "threshold-classify", "concept-detect", "clip-no-task",
-         "concept-missing-file"],
+         "zeroshot-no-clip", "segment-classifier", "classify-segmenter", "threshold-classify", "concept-detect",
+         "class-detect", "clip-no-task", "concept-missing-file"],
 )
 def test_bad_task_input_is_one_line(photos: Path, tmp_path: Path, capsys, extra: list[str], expected: str) -> None:
     out = tmp_path / "out"
@@ -405,3 +407,25 @@ def test_open_clip_source_names_its_problems_in_one_line() -> None:
         ModelSpec("open_clip/NoSuchNet", weights_tag="none").load()
     with pytest.raises(UsageError, match=r"^unknown --weights-tag 'nope' for open_clip/ViT-B-32; choose from: openai, "):
         ModelSpec("open_clip/ViT-B-32", weights_tag="nope").load()
+
+
+def test_explain_report_with_masks(photos: Path, tmp_path: Path, capsys) -> None:
+    """``explain --report --masks DIR``: the masks are checked before the run and measured after."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in (0, 1):
+        gt = np.zeros((96, 128), np.uint8)
+        gt[:48] = 255  # the top half
+        Image.fromarray(gt).save(masks / f"p{i}.png")
+    out = tmp_path / "run"
+    rc, err = _run(["explain", str(photos), *DETECT, "--score-threshold", "0.3", "--top-k", "1", "--methods", "gradcam",
+                    "--report", "--masks", str(masks), "--out", str(out)], capsys)
+    assert rc == 0, err
+    entry = json.loads((out / "metrics" / "p1.png.json").read_text())["targets"][0]
+    assert entry["region"] == {"source": "the ground-truth mask", "fraction": 0.5}
+    assert entry["own_region"]["source"] == "the model's own detection box"
+    sal = np.load(out / "gradcam" / f"{_manifest(out)['images']['p1.png']['explained'][0]['stem']}.npy").astype(np.float64)
+    assert entry["variants"]["gradcam"]["energy_pg"] == pytest.approx(sal[:32].sum() / sal.sum(), abs=1e-6)
+    rc, err = _run(["explain", str(photos), *DETECT, "--methods", "gradcam", "--report", "--masks", str(tmp_path / "no"),
+                    "--out", str(tmp_path / "never")], capsys)
+    assert rc == 2 and "--masks" in _error_line(err) and not (tmp_path / "never").exists()
