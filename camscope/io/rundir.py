@@ -520,13 +520,15 @@ TASK_PREDICTION_COLUMNS: tuple[str, ...] = (
 )
 """``predictions.csv`` of a run of another task than ``classify``: one row per explained target
 (``score``: what the maps explain; ``prob``: the class's softmax probability, a detection's
-confidence, a label's sigmoid, empty for segments and similarities; box in the photo's pixels); a photo explained
+confidence, a label's sigmoid, a segment's mean softmax over its region, empty for similarities;
+box in the photo's pixels); a photo explained
 with no target has one row with no rank."""
 
 
-_PROBABILITY_KINDS = ("logit", "probability", "contrast", "multilabel", "detection")
+_PROBABILITY_KINDS = ("logit", "probability", "contrast", "multilabel", "detection", "segment")
 """Target kinds whose recorded ``prob`` is a probability (softmax, sigmoid, a detection's
-confidence); the others (a segment's summed logits, a cosine) leave the column empty."""
+confidence, a segment's mean softmax over its region); the others (a cosine, a user's own score)
+leave the column empty."""
 
 
 def task_prediction_rows(rel: str, rec: ImageRecord) -> list[list[Any]]:

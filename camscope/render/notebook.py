@@ -97,9 +97,10 @@ def target_info(res: CamMaps, i: int, rank: int) -> tuple[str, TargetRegion | No
         return "no target", False
     t = res.explained[i][rank]
     score = float(res.scores[i, rank]) if res.scores is not None else float("nan")
+    prob = float(res.target_probabilities[i, rank]) if res.target_probabilities is not None else None
     frame = tuple(int(v) for v in next(iter(res.maps.values())).shape[-2:])
     name = t.name(getattr(res.model, "categories", None))
-    return target_caption(t, name, score, res.probabilities[i]), target_region(t, frame)  # type: ignore[arg-type]
+    return target_caption(t, name, score, res.probabilities[i], prob), target_region(t, frame)  # type: ignore[arg-type]
 
 
 def _thumb(image: Image.Image, side: int = THUMB_SIDE) -> str:

@@ -24,15 +24,17 @@ def target_region(target: Any, frame: tuple[int, int]) -> TargetRegion | None:
     return TargetRegion(frame, b, m)  # type: ignore[arg-type]
 
 
-def target_caption(target: Any, name: str, score: float, probs: Any) -> str:
-    """The label of a target in figures: ``dog 87%`` (a detection's confidence), ``person
-    (predicted mask)``, ``"a dog" cos 0.31``, ``dog-vs-cat +2.1``, ``tabby 93.1%``."""
+def target_caption(target: Any, name: str, score: float, probs: Any, prob: float | None = None) -> str:
+    """The label of a target in figures: ``dog 87%`` (a detection's confidence), ``person 61%
+    (predicted mask)`` (its mean probability over the region, ``prob``), ``"a dog" cos 0.31``,
+    ``dog-vs-cat +2.1``, ``tabby 93.1%``."""
     kind = getattr(target, "kind", "custom")
     if kind == "detection":
         found = getattr(target, "detected_score", None)
         return f"{name} {found:.0%}" if found is not None else f"{name} (given box, score {score:.2f})"
     if kind == "segment":
-        return f"{name} ({getattr(target, 'region', 'given')} mask)"
+        mean = f" {prob:.0%}" if prob is not None and prob == prob else ""
+        return f"{name}{mean} ({getattr(target, 'region', 'given')} mask)"
     if kind == "similarity":
         return f'"{name}" cos {score:.3f}'
     if kind == "multilabel":

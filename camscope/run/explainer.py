@@ -134,6 +134,8 @@ class Explainer:
                 n = len(res.explained[i])
                 e.task, e.explained = self.task.name, list(res.explained[i])
                 e.targets, e.scores = e.targets[:n], [float(v) for v in res.scores[i, :n].tolist()]
+                if res.target_probabilities is not None:
+                    e.probabilities = [float(v) for v in res.target_probabilities[i, :n].tolist()]
             yield item, e, None
 
 

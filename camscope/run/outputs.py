@@ -23,6 +23,7 @@ folder's historical places and record keys (:mod:`camscope.io.rundir`).
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -183,14 +184,15 @@ def write_image(
             name = t.name(loaded.categories)
             stem = target_stem(item.stem, rank, k, name)
             score = explained.scores[rank] if rank < len(explained.scores) else float("nan")
-            label = target_caption(t, name, score, probs)
+            tprob = explained.probabilities[rank] if rank < len(explained.probabilities) else None
+            label = target_caption(t, name, score, probs, tprob)
             region = target_region(t, frame)
             mask_rel = None
             if region is not None and region.mask is not None:
                 mask_rel = region_file(stem)
                 rundir.write_png(mask_rel, png_bytes(Image.fromarray((region.mask > 0).astype(np.uint8) * 255)))
             records.append(_explained_record(t, name, score, stem, mask_rel, explained.photo.size, loaded))
-            scores.append(ClassScore(int(t.label), name, _target_prob(t, score, probs)))
+            scores.append(ClassScore(int(t.label), name, _target_prob(t, score, probs, tprob)))
         title = figure_title(item.rel, label, None if truth is None else _class_name(loaded, truth), loaded.weights)
         job = OutputJob(photo, rank, cls, label, title, explained.maps, methods, variants, alpha, colormap, region=region)
         for variant in variants:
@@ -228,15 +230,20 @@ CLASS_TASKS = ("classify", "probability", "multilabel", "contrast", "zeroshot")
 """Tasks whose model output is class logits (their record keeps the top-5 classes)."""
 
 
-def _target_prob(target: Any, score: float, probs: Any) -> float:
+def _target_prob(target: Any, score: float, probs: Any, prob: float | None = None) -> float:
     """The ``prob`` a task run records of a target: the softmax probability of its class for
-    class logits, a detection's confidence, else its score (sigmoid, cosine...)."""
+    class logits, a detection's confidence, a segment's mean softmax probability over its
+    region, a label's sigmoid, else its score (a cosine...)."""
     kind = getattr(target, "kind", "custom")
     label = int(getattr(target, "label", -1))
     if kind in ("logit", "probability", "contrast") and 0 <= label < probs.numel():
         return round(float(probs[label]), 6)
     found = getattr(target, "detected_score", None)
-    return round(float(found if found is not None else score), 6)
+    if found is not None:
+        return round(float(found), 6)
+    if prob is not None and math.isfinite(prob):
+        return round(float(prob), 6)
+    return round(float(score), 6)
 
 
 def _explained_record(

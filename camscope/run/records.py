@@ -43,6 +43,8 @@ class Explained:
     """The :class:`camscope.targets.Target` objects explained (task runs; may be empty)."""
     scores: list[float] = field(default_factory=list)
     """Each target's score on the photo."""
+    probabilities: list[float] = field(default_factory=list)
+    """Each target's probability on the photo (``CamMaps.target_probabilities``)."""
 
 
 @dataclass

@@ -93,6 +93,8 @@ def save_result(
             explained.task, explained.explained = task, list(result.explained[i])
             explained.targets = explained.targets[:n_i]
             explained.scores = [] if result.scores is None else [float(v) for v in result.scores[i, :n_i].tolist()]
+            if result.target_probabilities is not None:
+                explained.probabilities = [float(v) for v in result.target_probabilities[i, :n_i].tolist()]
         item = PlannedImage(Path(source), name, stems[name])
         record = write_image(
             rundir, item, explained, loaded, variants, result.methods, opts.outputs, alpha=opts.alpha, colormap=opts.colormap

@@ -110,7 +110,11 @@ def test_segment_class_files_manifest_and_map(photos: Path, tmp_path: Path, caps
     mask = np.asarray(Image.open(out / t["mask"])) > 0
     np.testing.assert_array_equal(mask, res.explained[0][0].mask.numpy() > 0)
     assert t["pixels"] == int(mask.sum()) > 0
+    with torch.no_grad():  # prob: the class's mean softmax probability over the region
+        x = loaded.preprocess.to_tensor(Image.open(files[0]).convert("RGB"))[None]
+        p = torch.softmax(loaded.model(x)["out"], dim=1)[0, c].numpy()
     rows = _rows(out)
+    assert float(rows[0]["prob"]) == pytest.approx(float(p[mask].mean()), abs=1e-5)
     assert [(r["file"], r["rank"], r["kind"], r["class"], r["name"], r["mask"]) for r in rows] == [
         ("p0.png", "1", "segment", str(c), name, f"regions/p0__{slug}_01.png"),
         ("p1.png", "1", "segment", str(c), name, f"regions/p1__{slug}_01.png")]
