@@ -248,11 +248,7 @@ class CamEngine:
         result_scores = result_scores.reshape(b, n_aug, k)[:, 0]
         result_probs = torch.full((b * n_aug * k,), float("nan"))
         if cap.row_targets:  # each target's probability (softmax of its class, mean over a segment...)
-            with torch.no_grad():
-                result_probs[slot] = torch.cat([
-                    t.probability(cap.view_output, cap.view_index[r : r + 1]).reshape(-1)[:1].detach().float().cpu()
-                    for r, t in enumerate(cap.row_targets)
-                ])
+            result_probs[slot] = torch.tensor([_probability(t, cap, r) for r, t in enumerate(cap.row_targets)])
         result_probs = result_probs.reshape(b, n_aug, k)[:, 0]
 
         maps: dict[str, Tensor] = {}
@@ -288,6 +284,17 @@ class CamEngine:
             task=chosen["task"],
             target_probabilities=result_probs,
         )
+
+
+def _probability(target: Any, cap: Any, row: int) -> float:
+    """Row ``row``'s target's probability on its view (NaN when a user's target cannot say)."""
+    try:
+        with torch.no_grad():
+            p = target.probability(cap.view_output, cap.view_index[row : row + 1])
+        return float(torch.as_tensor(p).reshape(-1)[0])
+    except Exception as exc:  # noqa: BLE001 - a user's target: the maps do not depend on it
+        logger.debug("no probability for target %r: %s", target, exc)
+        return float("nan")
 
 
 def concat_results(parts: Sequence[_M]) -> _M:
