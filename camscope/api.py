@@ -23,7 +23,7 @@ from camscope.errors import UsageError
 from camscope.io.images import Photo, collect_photos
 from camscope.models import LoadedModel, Preprocess, loaded_from_module
 from camscope.render.draw import overlay
-from camscope.render.notebook import result_figure, result_html, result_photo
+from camscope.render.notebook import result_figure, result_html, result_photo, target_info
 from camscope.reporting import build_report
 from camscope.run import save_result
 from camscope.scale import RayMeasurement, RayOptions
@@ -46,8 +46,11 @@ class CamResult(CamMaps):
         return result_photo(self, i)
 
     def overlay(self, i: int, method: str, *, rank: int = 0, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
-        """The map of ``method`` (a variant name) for image ``i`` over its photo, as a PIL image."""
-        return overlay(self.photo(i), self.maps[method][i, rank].numpy(), alpha=alpha, colormap=colormap)
+        """The map of ``method`` (a variant name) for image ``i`` over its photo, as a PIL image
+        (with the target's box or mask outline, for detections and segments)."""
+        _, region = target_info(self, i, rank)
+        return overlay(self.photo(i), self.maps[method][i, rank].numpy(), alpha=alpha, colormap=colormap,
+                       region=region or None)
 
     def figure(
         self, i: int | None = None, methods: Sequence[str] | None = None, *, rank: int = 0,

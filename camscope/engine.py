@@ -81,6 +81,10 @@ class CamMaps:
     explained: list[list[Any]] | None = field(default=None, repr=False)
     scores: Tensor | None = field(default=None, repr=False)
     task: str | None = None
+    target_probabilities: Tensor | None = field(default=None, repr=False)
+    """(B,k) each target's probability on the original image (the softmax of its class, a
+    label's sigmoid, a segment's mean softmax over its region; a target without one: its
+    score); NaN for empty slots."""
 
     def target_names(self, i: int) -> list[str]:
         """Readable names of image ``i``'s targets (class names where the model has them)."""
@@ -242,6 +246,10 @@ class CamEngine:
         result_scores = torch.full((b * n_aug * k,), float("nan"))
         result_scores[slot] = cap.scores.detach().float().cpu()
         result_scores = result_scores.reshape(b, n_aug, k)[:, 0]
+        result_probs = torch.full((b * n_aug * k,), float("nan"))
+        if cap.row_targets:  # each target's probability (softmax of its class, mean over a segment...)
+            result_probs[slot] = torch.tensor([_probability(t, cap, r) for r, t in enumerate(cap.row_targets)])
+        result_probs = result_probs.reshape(b, n_aug, k)[:, 0]
 
         maps: dict[str, Tensor] = {}
         for spec in self.methods:
@@ -274,7 +282,19 @@ class CamEngine:
             explained=per_image,
             scores=result_scores,
             task=chosen["task"],
+            target_probabilities=result_probs,
         )
+
+
+def _probability(target: Any, cap: Any, row: int) -> float:
+    """Row ``row``'s target's probability on its view (NaN when a user's target cannot say)."""
+    try:
+        with torch.no_grad():
+            p = target.probability(cap.view_output, cap.view_index[row : row + 1])
+        return float(torch.as_tensor(p).reshape(-1)[0])
+    except Exception as exc:  # noqa: BLE001 - a user's target: the maps do not depend on it
+        logger.debug("no probability for target %r: %s", target, exc)
+        return float("nan")
 
 
 def concat_results(parts: Sequence[_M]) -> _M:
@@ -299,6 +319,9 @@ def concat_results(parts: Sequence[_M]) -> _M:
     scores = None
     if all(p.scores is not None for p in parts):
         scores = torch.cat([pad(p.scores, float("nan")) for p in parts])
+    target_probs = None
+    if all(p.target_probabilities is not None for p in parts):
+        target_probs = torch.cat([pad(p.target_probabilities, float("nan")) for p in parts])
     return type(first)(
         torch.cat([pad(p.targets, -1) for p in parts]),
         torch.cat([p.probabilities for p in parts]),
@@ -313,6 +336,7 @@ def concat_results(parts: Sequence[_M]) -> _M:
         explained=explained,
         scores=scores,
         task=first.task,
+        target_probabilities=target_probs,
     )
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "add_smooth_arg",
     "add_speed_args",
     "add_quiet_arg",
+    "add_task_args",
     "add_ray_args",
     "methods_arg",
     "model_from_args",
@@ -75,7 +76,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="local state dict: .safetensors, or .pt/.pth loaded with weights_only=True")
     g.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that needs arbitrary unpickling (runs its code!)")
     g.add_argument("--labels", metavar="FILE", help="class names: one per line, or JSON; 'imagenet': the bundled "
-                   "ImageNet-1k names and WordNet ids (photos named by WordNet id get their correct column)")
+                   "ImageNet-1k names and WordNet ids (photos named by WordNet id get their correct column); "
+                   "zeroshot (CLIP): the prompts, one per line")
     g.add_argument("--layer", help="target layer as a dotted module path, e.g. layer4.2 (default: per architecture)")
     g.add_argument("--preprocess", choices=("classic", "weights"), default="classic",
                    help="classic: resize to 224x224, map covers the whole photo; weights: the weights' "
@@ -90,6 +92,34 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--std", metavar="R,G,B", help="normalisation std (default: from the model, else ImageNet's)")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="Hugging Face models only: allow the model repository's own Python code to run")
+
+
+def add_task_args(p: argparse.ArgumentParser) -> None:
+    """What to explain: ``--task`` (choices from the target registry), ``--class``, ``--top-k``,
+    ``--box``, ``--score-threshold``, ``--concept``, ``--contrast``."""
+    from camscope.targets import task_names
+
+    g = p.add_argument_group("targets (what each map explains)")
+    g.add_argument("--task", choices=task_names(),
+                   help="what the model's output is explained as (default: from the model: segment for torchvision "
+                   "segmenters, detect for detectors, embed/zeroshot for CLIP with --concept/--labels, else classify)")
+    g.add_argument("--class", dest="target_class", metavar="CLASS",
+                   help="class to explain, index or name (classify, segment, multilabel, contrast, zeroshot; "
+                   "default: the predicted class(es))")
+    g.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="at most K targets per image: the K best classes, detections or labels (default: 1; "
+                   "detect and multilabel: 10)")
+    g.add_argument("--box", dest="target_boxes", action="append", default=[], metavar="x0,y0,x1,y1[:label]",
+                   help="detect: explain the detection best matching this box (photo pixels; label: class index or "
+                   "name) instead of every detection above --score-threshold (repeatable)")
+    g.add_argument("--score-threshold", type=float, default=None, metavar="S",
+                   help="detect: explain every detection scoring at least S; multilabel: every label whose sigmoid "
+                   "is at least S (default: 0.5)")
+    g.add_argument("--concept", metavar="TEXT|IMAGE",
+                   help="embed: what the image embedding is compared with (cosine): a text prompt (needs a CLIP "
+                   "model) or a reference image file")
+    g.add_argument("--contrast", metavar="CLASS",
+                   help="contrast: explain y_c - y_d, why the class rather than CLASS (index or name)")
 
 
 def add_device_arg(g: Any, default: str | None = None) -> None:

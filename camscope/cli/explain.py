@@ -14,6 +14,7 @@ from camscope.cli.args import (
     add_ray_args,
     add_smooth_arg,
     add_speed_args,
+    add_task_args,
     model_from_args,
     ray_from_args,
     speed_from_args,
@@ -38,8 +39,7 @@ def register(subparsers: Any) -> None:
     g = ex.add_argument_group("methods")
     add_methods_arg(g)
     add_smooth_arg(g)
-    g.add_argument("--class", dest="target_class", help="class to explain: index or name (default: predicted)")
-    g.add_argument("--top-k", type=int, default=1, help="explain the K best predicted classes (default: 1)")
+    add_task_args(ex)
     add_speed_args(g)
     g.add_argument("--images-per-batch", type=int, default=4, help="images per capture (default: 4)")
     g.add_argument("--max-pixels", type=int, default=89_478_485, metavar="N",
@@ -98,6 +98,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
     measure = measure_from_args(args)  # a bad --steps: one line before any work
     boxes = check_report_options(boxes=args.boxes) if args.report else None
+    if args.report and args.masks is not None:
+        from camscope.reporting.masks import load_mask_dir
+
+        args.masks = load_mask_dir(args.masks)  # a bad folder: one line before any work
     if args.report and "maps" not in opts.outputs:
         from camscope.errors import UsageError
 
@@ -122,7 +126,7 @@ def _finish(args: argparse.Namespace, res: Any, boxes: Any, measure: Any, ray: A
     logger.warning(msg) if res.failed else logger.info(msg)
     if args.report and res.loaded is not None and (res.completed or res.skipped):
         code = report_after_explain(
-            res.out, res.loaded, boxes=boxes, measure=measure, embed=args.embed,
+            res.out, res.loaded, boxes=boxes, masks=args.masks, measure=measure, embed=args.embed,
             progress=not args.quiet, ray=ray,
         )
         return max(res.exit_code, code)

@@ -49,6 +49,13 @@ def add_measure_args(p: Any, *, with_boxes: bool = True) -> None:
             help="ground-truth boxes for the pointing games: CSV (file,x0,y0,x1,y1[,width,height,label]) "
             "or ImageNet/VOC XML file or folder",
         )
+        p.add_argument(
+            "--masks",
+            metavar="DIR",
+            help="ground-truth masks for the localisation metrics: one PNG per photo (non-zero = the object, "
+            "the photo's size), named like the photo (detect/segment runs are also measured against each "
+            "target's own box or mask)",
+        )
     p.add_argument(
         "--steps",
         type=int,
@@ -136,6 +143,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         args.dir,
         weights_file=args.weights_file,
         boxes=args.boxes,
+        masks=args.masks,
         device=args.device,
         measure=measure_from_args(args),
         embed=args.embed,

@@ -3,13 +3,15 @@
     DIR/
       <variant>/<stem>.png, <variant>/<stem>.npy    overlay and float32 map per method variant
       figures/<stem>.png                            comparison figure
+      regions/<stem>.png                            a segment target's region mask (task runs)
       manifest.json                                 settings, versions, per-image records
       predictions.csv, failures.csv                 derived from the manifest
       metrics/<rel>.json, report.html, metrics.csv, summary.json, report_assets/   (report)
 
 A *variant* is a method under a smoothing (``gradcam``, ``gradcam+eigen+aug``); a *stem* is an
 image's output name (its relative path without the extension, plus ``.topN`` for the N-th
-explained class when several are). Writers and readers go through :class:`RunDir` and the typed
+explained class when several are; in a run of another task than ``classify``,
+``__<target>_<NN>`` for each target: ``photo__dog_03``). Writers and readers go through :class:`RunDir` and the typed
 records below; nothing else builds these names or reads these keys. The manifest carries a
 format version: a newer one is refused with a clear message; older files without one load as
 version 1. This module imports neither torch nor matplotlib.
@@ -60,6 +62,11 @@ __all__ = [
     "smoothing_parts",
     "output_stems",
     "target_stem",
+    "target_slug",
+    "region_file",
+    "REGIONS",
+    "CLASSIFY",
+    "ExplainedTarget",
     "ClassScore",
     "ImageRecord",
     "Failure",
@@ -80,6 +87,9 @@ REPORT = "report.html"
 METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"
 ASSETS = "report_assets"
+REGIONS = "regions"
+CLASSIFY = "classify"
+"""The task of a classifier run (the default; older manifests, which record none, are one)."""
 COMPLETE = "complete"
 
 BUILTIN_OUTPUT_KINDS: tuple[str, ...] = ("maps", "overlays", "figures")
@@ -108,9 +118,36 @@ def output_stems(rels: Sequence[str]) -> dict[str, str]:
     return {rel: strip(rel) if counts[strip(rel).casefold()] == 1 else rel for rel in rels}
 
 
-def target_stem(base: str, rank: int, k: int) -> str:
-    """Stem of the ``rank``-th (0-based) of ``k`` explained classes of an image."""
-    return base if k == 1 else f"{base}.top{rank + 1}"
+def target_stem(base: str, rank: int, k: int, name: str | None = None) -> str:
+    """Stem of the ``rank``-th (0-based) of ``k`` explained targets of an image.
+
+    A classifier run (``name`` None) keeps its historical names: ``base`` for one class,
+    ``base.topN`` for several. A run of another task names each target after what it is, so a
+    folder listing reads: ``base__dog_03`` (the third target of the image, a dog detection),
+    ``base__person_01`` (a segment), ``base__a-dog_01`` (an embedding concept)."""
+    if name is None:
+        return base if k == 1 else f"{base}.top{rank + 1}"
+    return f"{base}__{target_slug(name)}_{rank + 1:02d}"
+
+
+def target_slug(name: str, limit: int = 40) -> str:
+    """A target's name as part of a file name: lower case, runs of anything but letters, digits
+    and ``.`` as one ``-`` (``"traffic light"`` -> ``traffic-light``), at most ``limit`` characters."""
+    out, dash = [], False
+    for ch in name.strip().lower():
+        if ch.isalnum() and ch.isascii() or ch == ".":
+            out.append(ch)
+            dash = False
+        elif not dash and out:
+            out.append("-")
+            dash = True
+    slug = "".join(out).strip("-.")[:limit].rstrip("-.")
+    return slug or "target"
+
+
+def region_file(stem: str) -> str:
+    """Relative path of a target's region mask (a segment target's mask, PNG, map frame)."""
+    return f"{REGIONS}/{stem}.png"
 
 
 def map_file(variant: str, stem: str) -> str:
@@ -149,6 +186,50 @@ class ClassScore:
         return cls(int(d["class"]), str(d.get("name", "")), float(d.get("prob", float("nan"))))
 
 
+@dataclass(frozen=True)
+class ExplainedTarget:
+    """One explained target of an image, as the manifest records it (runs of a task other than
+    ``classify``): its kind, readable name, class (-1 without one), score on the photo, what
+    :meth:`camscope.targets.Target.describe` says of it (box in the map's frame, region,
+    concept...), the box in the photo's pixels, its region mask file and the stem of its files."""
+
+    kind: str
+    name: str
+    index: int
+    score: float
+    stem: str
+    details: dict[str, Any] = field(default_factory=dict)
+    box_photo: tuple[float, float, float, float] | None = None
+    mask: str | None = None
+
+    @property
+    def box(self) -> tuple[float, float, float, float] | None:
+        """The target's box in the map's (model input's) frame, when it has one."""
+        b = self.details.get("box")
+        return None if b is None else (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "name": self.name, "class": self.index, "score": self.score, "stem": self.stem}
+        d.update({k: v for k, v in self.details.items() if k not in d})
+        if self.box_photo is not None:
+            d["box_photo"] = list(self.box_photo)
+        if self.mask is not None:
+            d["mask"] = self.mask
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ExplainedTarget:
+        known = {"kind", "name", "class", "score", "stem", "box_photo", "mask"}
+        bp = d.get("box_photo")
+        return cls(
+            kind=str(d.get("kind", "")), name=str(d.get("name", "")), index=int(d.get("class", -1)),
+            score=float(d.get("score", float("nan"))), stem=str(d.get("stem", "")),
+            details={k: v for k, v in d.items() if k not in known},
+            box_photo=None if bp is None else (float(bp[0]), float(bp[1]), float(bp[2]), float(bp[3])),
+            mask=d.get("mask"),
+        )
+
+
 @dataclass
 class ImageRecord:
     """What the manifest says of one finished image."""
@@ -165,6 +246,10 @@ class ImageRecord:
     status: str = COMPLETE
     outputs: dict[str, list[str]] = field(default_factory=dict)
     """Files of the registered output kinds other than the built-in ones, per kind."""
+    explained: list[ExplainedTarget] | None = None
+    """Each explained target (runs of a task other than ``classify``; None for classifiers,
+    whose ``targets`` say it all). Empty for a photo explained with no target (a detector
+    that found nothing above the threshold)."""
 
     @property
     def complete(self) -> bool:
@@ -182,11 +267,16 @@ class ImageRecord:
 
     def paths(self) -> list[str]:
         """Every file the image wrote, relative to the run folder."""
-        return [f for v in self.files.values() for f in v] + list(self.figures) + [f for v in self.outputs.values() for f in v]
+        masks = [t.mask for t in self.explained or () if t.mask]
+        return ([f for v in self.files.values() for f in v] + list(self.figures)
+                + [f for v in self.outputs.values() for f in v] + masks)
 
-    def kinds(self) -> set[str]:
+    def kinds(self, wanted: Iterable[str] = ()) -> set[str]:
         """The output kinds this image wrote: of ``files``, ``.npy`` are maps and ``.png``
-        overlays (the only two kinds listed there); ``figures``; every kind in ``outputs``."""
+        overlays (the only two kinds listed there); ``figures``; every kind in ``outputs``. An
+        image explained with no target wrote nothing and counts as having written ``wanted``."""
+        if self.explained is not None and not self.explained and not self.targets:
+            return set(wanted)
         listed = [f for v in self.files.values() for f in v]
         found = {"maps"} if any(f.endswith(".npy") for f in listed) else set()
         if any(f.endswith(".png") for f in listed):
@@ -209,6 +299,7 @@ class ImageRecord:
             "figure": self.figures[0] if self.figures else None,
             "figures": self.figures,
             **({"outputs": self.outputs} if self.outputs else {}),
+            **({"explained": [t.to_json() for t in self.explained]} if self.explained is not None else {}),
         }
 
     @classmethod
@@ -229,6 +320,7 @@ class ImageRecord:
             figures=list(figures),
             status=str(d.get("status", "")),
             outputs={str(k): list(v) for k, v in (d.get("outputs") or {}).items()},
+            explained=None if d.get("explained") is None else [ExplainedTarget.from_json(t) for t in d["explained"]],
         )
 
 
@@ -266,11 +358,22 @@ class RunSettings:
     reshape: str | None = None
     """How the layer's output became a map (``tokens:14x14:skip=1``, ``nhwc``); None (and left
     out of the file) when it already was one."""
+    task: str | None = None
+    """The task (``segment``, ``detect``, ``embed``...); None (and left out of the file) for
+    ``classify``, so classifier runs keep their settings and resume."""
+    task_options: dict[str, Any] | None = None
+    """What chose the targets besides ``target_class`` and ``top_k`` (``boxes``,
+    ``score_threshold``, ``concept``, ``contrast``, ``prompts``); None (left out) when nothing."""
 
     @property
     def random_weights(self) -> bool:
         """Whether the model had no trained weights (its maps say nothing about a trained model)."""
         return is_random_weights(self.weights)
+
+    @property
+    def task_name(self) -> str:
+        """The run's task (``classify`` when none is recorded)."""
+        return self.task or CLASSIFY
 
     @property
     def variants(self) -> list[tuple[str, ...]]:
@@ -280,8 +383,9 @@ class RunSettings:
     def to_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["methods"], d["smoothing"] = list(self.methods), list(self.smoothing)
-        if self.reshape is None:
-            del d["reshape"]
+        for key in ("reshape", "task", "task_options"):
+            if d[key] is None:
+                del d[key]
         return d
 
     @classmethod
@@ -410,6 +514,37 @@ def prediction_row(rel: str, rec: ImageRecord) -> list[Any]:
     return row
 
 
+TASK_PREDICTION_COLUMNS: tuple[str, ...] = (
+    "file", "source", "rank", "kind", "class", "name", "score", "prob",
+    "box_x0", "box_y0", "box_x1", "box_y1", "mask", "concept", "stem",
+)
+"""``predictions.csv`` of a run of another task than ``classify``: one row per explained target
+(``score``: what the maps explain; ``prob``: the class's softmax probability, a detection's
+confidence, a label's sigmoid, a segment's mean softmax over its region, empty for similarities;
+box in the photo's pixels); a photo explained
+with no target has one row with no rank."""
+
+
+_PROBABILITY_KINDS = ("logit", "probability", "contrast", "multilabel", "detection", "segment")
+"""Target kinds whose recorded ``prob`` is a probability (softmax, sigmoid, a detection's
+confidence, a segment's mean softmax over its region); the others (a cosine, a user's own score)
+leave the column empty."""
+
+
+def task_prediction_rows(rel: str, rec: ImageRecord) -> list[list[Any]]:
+    """The ``predictions.csv`` rows of a finished image of a task run: one per target."""
+    if not rec.explained:
+        return [[rel, rec.source, "", "none", "", "(no target)", "", "", "", "", "", "", "", "", ""]]
+    rows = []
+    for rank, t in enumerate(rec.explained):
+        box = list(t.box_photo) if t.box_photo is not None else ["", "", "", ""]
+        concept = t.details.get("concept", "")
+        prob = rec.targets[rank].prob if rank < len(rec.targets) and t.kind in _PROBABILITY_KINDS else ""
+        rows.append([rel, rec.source, rank + 1, t.kind, t.index if t.index >= 0 else "", t.name, t.score, prob,
+                     *box, t.mask or "", concept, t.stem])
+    return rows
+
+
 def _blank(v: Any) -> Any:
     return "" if v is None else v
 
@@ -506,8 +641,12 @@ class RunDir:
         """Rewrite ``manifest.json``, ``predictions.csv`` and (when there are failures, or were)
         ``failures.csv`` from the manifest."""
         atomic_write_text(self.manifest_path, json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n")
-        rows = (prediction_row(rel, rec) for rel, rec in sorted(manifest.images.items()))
-        atomic_write_text(self.root / PREDICTIONS, _csv(PREDICTION_COLUMNS, rows))
+        if manifest.settings.task is None:
+            rows = (prediction_row(rel, rec) for rel, rec in sorted(manifest.images.items()))
+            atomic_write_text(self.root / PREDICTIONS, _csv(PREDICTION_COLUMNS, rows))
+        else:
+            rows = (r for rel, rec in sorted(manifest.images.items()) for r in task_prediction_rows(rel, rec))
+            atomic_write_text(self.root / PREDICTIONS, _csv(TASK_PREDICTION_COLUMNS, rows))
         if manifest.failures or (self.root / FAILURES).exists():
             failed = ([rel, f.source, f.reason] for rel, f in sorted(manifest.failures.items()))
             atomic_write_text(self.root / FAILURES, _csv(("file", "source", "reason"), failed))
@@ -515,7 +654,7 @@ class RunDir:
     def is_complete(self, rec: ImageRecord | None, kinds: Iterable[str] = ()) -> bool:
         """Whether an image's record says complete, wrote each of ``kinds`` (see
         :data:`OUTPUT_KINDS`) and every file it lists exists."""
-        if rec is None or not rec.complete or not set(kinds) <= rec.kinds():
+        if rec is None or not rec.complete or not set(kinds) <= rec.kinds(kinds):
             return False
         return all(self.path(p).exists() for p in rec.paths())
 

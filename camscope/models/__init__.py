@@ -6,6 +6,8 @@
 - ``timm/NAME`` -> timm (:mod:`camscope.models.timm_source`, extra ``camscope[timm]``);
 - ``hf/ORG/NAME`` or ``hf/PATH`` -> Hugging Face transformers
   (:mod:`camscope.models.hf_source`, extra ``camscope[hf]``);
+- ``open_clip/ARCH`` -> a CLIP model of open_clip (:mod:`camscope.models.open_clip_source`, extra
+  ``camscope[clip]``; explained with ``--task embed`` or ``--task zeroshot``);
 - ``package.module:callable`` -> your own model (:mod:`camscope.models.import_source`);
 - anything else -> torchvision (:mod:`camscope.models.torchvision_source`).
 
@@ -51,7 +53,7 @@ from camscope.models.registry import (
 )
 
 # The built-in model sources register themselves; prefixes first, torchvision takes the rest.
-from camscope.models import timm_source, hf_source, import_source, torchvision_tasks  # noqa: E402,F401  isort: skip
+from camscope.models import timm_source, hf_source, open_clip_source, import_source, torchvision_tasks  # noqa: E402,F401  isort: skip
 from camscope.models.torchvision_source import cache_path_for, classification_models  # noqa: E402  isort: skip
 from camscope.names import PYTHON_MODEL  # noqa: E402  isort: skip
 

@@ -16,7 +16,7 @@ from camscope.errors import UsageError
 
 __all__ = [
     "colorize", "overlay", "Panel", "comparison_figure", "new_figure", "figure_png", "png_bytes", "resize_map",
-    "jpeg_thumbnail", "jpeg_data_uri",
+    "jpeg_thumbnail", "jpeg_data_uri", "TargetRegion", "mark_region",
 ]
 
 
@@ -44,6 +44,64 @@ def resize_map(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize(size, Image.BILINEAR), dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class TargetRegion:
+    """Where a target lies, to be drawn over the photo: a box (x0, y0, x1, y1) and/or a mask
+    (H, W), both in the map's frame ``frame`` = (H, W) (the model input's pixels); drawn scaled
+    to whatever size the photo is shown at."""
+
+    frame: tuple[int, int]
+    box: tuple[float, float, float, float] | None = None
+    mask: np.ndarray | None = None
+
+
+BOX_COLOR = (255, 255, 255)
+EDGE_COLOR = (0, 0, 0)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` with a 4-neighbour outside it (or on the image border)."""
+    m = np.pad(mask.astype(bool), 1, constant_values=False)
+    inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return mask.astype(bool) & ~inner
+
+
+def _thicken(edge: np.ndarray, width: int) -> np.ndarray:
+    out = edge.copy()
+    for _ in range(max(0, width - 1)):
+        p = np.pad(out, 1, constant_values=False)
+        out = out | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
+    return out
+
+
+def mark_region(image: Image.Image, region: TargetRegion | None, *, width: int | None = None) -> Image.Image:
+    """``image`` with the target's region drawn on it: the mask's outline and/or the box, white
+    lines edged in black (visible on any colour map); ``image`` itself when there is nothing."""
+    if region is None or (region.box is None and region.mask is None):
+        return image
+    img = image.convert("RGB")
+    w, h = img.size
+    fh, fw = region.frame
+    lw = width or max(1, round(max(w, h) / 224))
+    arr = np.asarray(img).copy()
+    if region.mask is not None:
+        mask = np.asarray(Image.fromarray((np.asarray(region.mask) > 0).astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
+        edge = _outline(mask)
+        arr[_thicken(edge, lw + 1)] = EDGE_COLOR
+        arr[_thicken(edge, lw)] = BOX_COLOR
+    if region.box is not None:
+        sx, sy = w / fw, h / fh
+        x0, y0, x1, y1 = region.box
+        a0, b0 = int(np.clip(round(x0 * sx), 0, w - 1)), int(np.clip(round(y0 * sy), 0, h - 1))
+        a1, b1 = int(np.clip(round(x1 * sx) - 1, 0, w - 1)), int(np.clip(round(y1 * sy) - 1, 0, h - 1))
+        edge = np.zeros((h, w), dtype=bool)
+        edge[b0:b1 + 1, [a0, a1]] = True
+        edge[[b0, b1], a0:a1 + 1] = True
+        arr[_thicken(edge, lw + 1)] = EDGE_COLOR
+        arr[_thicken(edge, lw)] = BOX_COLOR
+    return Image.fromarray(arr)
+
+
 def _limit(photo: Image.Image, max_side: int | None) -> Image.Image:
     if max_side is None or max(photo.size) <= max_side:
         return photo
@@ -59,6 +117,7 @@ def overlay(
     colormap: str = "jet",
     max_side: int | None = 1024,
     pixel_level: bool = False,
+    region: TargetRegion | None = None,
 ) -> Image.Image:
     """Blend the colour-mapped map over the photo: ``(1 - alpha) * photo + alpha * heat``.
 
@@ -66,7 +125,8 @@ def overlay(
     ``pixel_level`` (maps from the input gradient): a map whose mass sits in a few pixels would
     vanish in a uniform colour wash, so it is scaled by its 99th percentile (clipped at 1) and
     blended in proportion to its value: the photo shows where the map is 0 (cf. SmoothGrad's
-    and captum's outlier clipping).
+    and captum's outlier clipping). ``region``: the target's box or mask outline drawn on top
+    (:func:`mark_region`).
     """
     photo = _limit(photo.convert("RGB"), max_side)
     sal = resize_map(saliency, photo.size)
@@ -77,10 +137,10 @@ def overlay(
         heat = colorize(sal, colormap).astype(np.float32)
         a = (alpha * 2.0 * sal)[..., None].clip(0.0, 1.0)  # full weight from half the scale up
         out = (1.0 - a) * base + a * heat
-        return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+        return mark_region(Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8)), region)
     heat = colorize(sal, colormap).astype(np.float32)
     out = (1.0 - alpha) * base + alpha * heat
-    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+    return mark_region(Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8)), region)
 
 
 @dataclass(frozen=True)
@@ -100,9 +160,11 @@ def comparison_figure(
     alpha: float = 0.5,
     colormap: str = "jet",
     panel_inches: float = 2.6,
+    region: TargetRegion | None = None,
 ) -> Any:
     """A matplotlib ``Figure``: one row per smoothing variant, the photo first, then one panel
-    per method. (Not attached to pyplot: display it in a notebook, or ``figure_png`` it.)"""
+    per method; ``region``: the target's box or mask outline drawn on every panel. (Not
+    attached to pyplot: display it in a notebook, or ``figure_png`` it.)"""
     photo = _limit(photo.convert("RGB"), 448)
     n_cols = 1 + max(len(r) for r in rows)
     aspect = min(max(photo.height / photo.width, 0.4), 2.5)
@@ -112,7 +174,7 @@ def comparison_figure(
     for r, row in enumerate(rows):
         ax = axes[r][0]
         if r == 0:
-            ax.imshow(photo)
+            ax.imshow(mark_region(photo, region))
             ax.set_title("photo", fontsize=9)
         ax.axis("off")
         for c in range(1, n_cols):
@@ -120,9 +182,9 @@ def comparison_figure(
             ax.axis("off")
             if c - 1 < len(row):
                 panel = row[c - 1]
-                img = photo if panel.saliency is None else overlay(
+                img = mark_region(photo, region) if panel.saliency is None else overlay(
                     photo, panel.saliency, alpha=alpha, colormap=colormap, max_side=None,
-                    pixel_level=panel.pixel_level,
+                    pixel_level=panel.pixel_level, region=region,
                 )
                 ax.imshow(img)
                 ax.set_title(panel.title, fontsize=8)

@@ -23,7 +23,8 @@ from camscope.errors import UsageError
 from camscope.methods import get_method
 from camscope.names import is_random_weights, parse_variant, variant_title
 from camscope.render.comparison import figure_rows, figure_title
-from camscope.render.draw import comparison_figure, jpeg_data_uri, overlay
+from camscope.render.draw import TargetRegion, comparison_figure, jpeg_data_uri, overlay
+from camscope.render.targets import target_caption, target_region
 
 __all__ = ["result_photo", "result_figure", "result_html", "MAX_IMAGES", "THUMB_SIDE"]
 
@@ -69,13 +70,37 @@ def result_figure(
     chosen = [m for m in res.methods if methods is None or m in methods]
     if not chosen:
         raise ValueError(f"none of {list(methods or [])} is in this result ({', '.join(res.maps)})")
-    cls = int(res.targets[i, rank])
-    label = f"{res.class_name(cls)} {float(res.probabilities[i, cls]):.1%}"
+    label, region = target_info(res, i, rank)
+    if region is False:
+        raise ValueError(f"image {i} has no target {rank} (it has {len(res.explained[i]) if res.explained else 0})")
     maps = {n: m[i].numpy() for n, m in res.maps.items()}
     variants = [Smoothing.of(p) for p in res.smoothing]
     rows = figure_rows(maps, rank, chosen, variants, label)
     title = figure_title(_name(res, i), label, None, _weights(res))
-    return comparison_figure(result_photo(res, i), rows, suptitle=title, alpha=alpha, colormap=colormap)
+    return comparison_figure(result_photo(res, i), rows, suptitle=title, alpha=alpha, colormap=colormap,
+                             region=region or None)
+
+
+def is_task_result(res: CamMaps) -> bool:
+    """Whether ``res`` explains targets of another task than ``classify`` (named and drawn as
+    such: detections with their box, segments with their mask outline...)."""
+    return res.explained is not None and res.task not in (None, "classify")
+
+
+def target_info(res: CamMaps, i: int, rank: int) -> tuple[str, TargetRegion | None | bool]:
+    """Caption and region of image ``i``'s ``rank``-th target (region False: no such target)."""
+    if not is_task_result(res):
+        cls = int(res.targets[i, rank])
+        return f"{res.class_name(cls)} {float(res.probabilities[i, cls]):.1%}", None
+    assert res.explained is not None
+    if rank >= len(res.explained[i]):
+        return "no target", False
+    t = res.explained[i][rank]
+    score = float(res.scores[i, rank]) if res.scores is not None else float("nan")
+    prob = float(res.target_probabilities[i, rank]) if res.target_probabilities is not None else None
+    frame = tuple(int(v) for v in next(iter(res.maps.values())).shape[-2:])
+    name = t.name(getattr(res.model, "categories", None))
+    return target_caption(t, name, score, res.probabilities[i], prob), target_region(t, frame)  # type: ignore[arg-type]
 
 
 def _thumb(image: Image.Image, side: int = THUMB_SIDE) -> str:
@@ -94,7 +119,8 @@ def _label(variant: str) -> str:
 
 def result_html(res: CamMaps, *, max_images: int = MAX_IMAGES, side: int = THUMB_SIDE) -> str:
     """The notebook grid: per image its photo and one overlay per method and variant (first
-    explained class), with the class and its probability; a banner for random weights."""
+    explained target, its box or mask outline drawn), with the class and its probability (or
+    the target's caption); a banner for random weights."""
     e = html.escape
     variants = list(res.maps)
     n = len(res)
@@ -116,18 +142,21 @@ def result_html(res: CamMaps, *, max_images: int = MAX_IMAGES, side: int = THUMB
     parts.append("</tr>")
     for i in range(min(n, max_images)):
         photo = result_photo(res, i)
-        cls = int(res.targets[i, 0])
-        caption = f"{res.class_name(cls)} {float(res.probabilities[i, cls]):.1%}"
-        more = res.targets.shape[1] - 1
-        if more:
-            caption += f" (+{more} more class{'es' if more > 1 else ''})"
+        caption, region = target_info(res, i, 0)
+        more = (len(res.explained[i]) if is_task_result(res) and res.explained else res.targets.shape[1]) - 1
+        if more > 0:
+            what = ("target", "targets") if is_task_result(res) else ("class", "classes")
+            caption += f" (+{more} more {what[more > 1]})"
         parts.append(
             f'<tr><td style="text-align:right;padding:2px 6px;max-width:160px;word-break:break-all">'
             f"<b>{e(_name(res, i))}</b><br>{e(caption)}</td>"
             f'<td><img src="{_thumb(photo, side)}" alt="{e(_name(res, i))}"></td>'
         )
         for v in variants:
-            img = overlay(photo, res.maps[v][i, 0].numpy(), max_side=2 * side)
+            if region is False:  # e.g. a detector that found nothing above the threshold
+                parts.append('<td style="color:#888;text-align:center">no target</td>')
+                continue
+            img = overlay(photo, res.maps[v][i, 0].numpy(), max_side=2 * side, region=region or None)
             parts.append(f'<td><img src="{_thumb(img, side)}" alt="{e(_label(v))} of {e(_name(res, i))}"></td>')
         parts.append("</tr>")
     parts.append("</table>")

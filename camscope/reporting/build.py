@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from camscope.errors import UsageError
 from camscope.reporting.evaluate import (
     EvaluationResult,
     MeasureSettings,
@@ -44,6 +45,7 @@ def build_report(
     trust_checkpoint: bool = False,
     progress: bool = False,
     ray: Any = None,
+    masks: str | Path | dict | None = None,
     **options: Any,
 ) -> tuple[EvaluationResult, ReportFiles]:
     """Measure (reusing cached metrics) and write the report; the library entry point.
@@ -55,10 +57,16 @@ def build_report(
     table = check_report_options(boxes=boxes) if not isinstance(boxes, dict) else boxes
     common = dict(weights_file=weights_file, boxes=table, device=device, measure=measure,
                   trust_checkpoint=trust_checkpoint, progress=progress)
+    if masks is not None and not isinstance(masks, dict):
+        from camscope.reporting.masks import load_mask_dir
+
+        masks = load_mask_dir(masks)  # a bad folder: one line before any work
     if ray is not None:  # the scale-out layer measures (it sits above the report: no import here)
+        if masks is not None:
+            raise UsageError("--masks is not measured on Ray yet; run the report without --ray")
         ev = ray.evaluate_run(out_dir, **common)
     else:
-        ev = evaluate_run(out_dir, model=model, **common)
+        ev = evaluate_run(out_dir, model=model, masks=masks, **common)
     return ev, write_report(out_dir, ev.images, embed=embed)
 
 
@@ -71,10 +79,12 @@ def report_after_explain(
     embed: bool = False,
     progress: bool = True,
     ray: Any = None,
+    masks: str | Path | dict | None = None,
 ) -> int:
     """``explain --report``: measure with the model ``explain`` already loaded (on its own
     device), write the report. Returns an exit code (0, or 1 if some photos could not be
     measured completely).
     """
-    ev, _ = build_report(out_dir, model=loaded, boxes=boxes, measure=measure, embed=embed, progress=progress, ray=ray)
+    ev, _ = build_report(out_dir, model=loaded, boxes=boxes, measure=measure, embed=embed, progress=progress, ray=ray,
+                         masks=masks)
     return ev.exit_code

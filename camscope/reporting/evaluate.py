@@ -120,6 +120,7 @@ def evaluate_run(
     measure: MeasureSettings | None = None,
     trust_checkpoint: bool = False,
     progress: bool = False,
+    masks: str | Path | dict | None = None,
     **options: Any,
 ) -> EvaluationResult:
     """Measure every complete photo of the explain run in ``out_dir``; write ``DIR/metrics/``.
@@ -132,6 +133,9 @@ def evaluate_run(
         weights_file: local weights overriding the manifest's when rebuilding the model.
         boxes: ground truth (CSV, ImageNet/VOC XML file or folder; see
             :func:`camscope.metrics.load_boxes`) or an already loaded table.
+        masks: ground-truth masks: a folder of one PNG per photo, named like it
+            (:mod:`camscope.reporting.masks`). Runs of detectors and segmenters are measured
+            against each target's own region (its box, its mask) as well.
         device: where to rebuild the model (default: CUDA when available). A given ``model``
             is used on its own device.
         measure: what to measure (:class:`MeasureSettings`); or its fields as ``options``
@@ -146,7 +150,7 @@ def evaluate_run(
     check_measurable(out, manifest)
     measurer = PhotoMeasurer(
         out, manifest, measure, model=model, weights_file=weights_file, boxes=boxes, device=device,
-        trust_checkpoint=trust_checkpoint, progress=progress,
+        trust_checkpoint=trust_checkpoint, progress=progress, masks=masks,
     )
     result = EvaluationResult(out)
     images = manifest.complete()
@@ -159,7 +163,7 @@ def evaluate_run(
 
 def check_measurable(out: Path, manifest: Manifest) -> None:
     """One-line error before any work for a run that wrote no maps."""
-    images = manifest.complete()
+    images = {rel: rec for rel, rec in manifest.complete().items() if rec.targets}  # a photo with no target has no map
     if images and not any("maps" in rec.kinds() for rec in images.values()):
         kinds = ",".join(manifest.output_kinds or ()) or "without maps"
         raise UsageError(

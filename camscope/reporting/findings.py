@@ -351,13 +351,14 @@ def _localisation_findings(record: dict, entry: dict) -> list[str]:
     if not names:
         return []
     hits = [n for n in names if variants[n]["pointing_game"]]
-    text = f"{len(hits)} of {len(names)} maps point inside the annotated object (pointing game)"
+    where = (entry.get("region") or {}).get("source") or "the annotated object"
+    text = f"{len(hits)} of {len(names)} maps point inside {where} (pointing game)"
     energies = [(n, as_float(variants[n].get("energy_pg"))) for n in names if _ok(variants[n].get("energy_pg"))]
     if energies:
         lo = min(energies, key=lambda t: t[1])
         hi = max(energies, key=lambda t: t[1])
         text += (
-            f"; the energy inside the box ranges from {100 * lo[1]:.0f}% ({_label(variants, lo[0])}) "
+            f"; the energy inside the {'mask' if 'mask' in where else 'box'} ranges from {100 * lo[1]:.0f}% ({_label(variants, lo[0])}) "
             f"to {100 * hi[1]:.0f}% ({_label(variants, hi[0])})"
         )
         bf = record.get("box_fraction")

@@ -34,10 +34,15 @@ from camscope.metrics import MetricInputs, MetricSpec
 from camscope.metrics.registry import call_metric
 from camscope.reporting.boxes import boxes_for, boxes_to_input_frame
 from camscope.reporting.cache import RECORD_VERSION, file_sha1, load_image_metrics, metric_key
+from camscope.reporting.masks import mask_for
 from camscope.reporting.model import ModelProvider, as_loaded
 from camscope.reporting.settings import STABILITY_SEEDS, MeasureSettings
 
-__all__ = ["TOP_Q", "Measured", "PhotoMeasurer", "map_properties", "stability_settings"]
+__all__ = ["TOP_Q", "SCORE_ONLY_TASKS", "Measured", "PhotoMeasurer", "map_properties", "stability_settings"]
+
+SCORE_ONLY_TASKS = ("segment", "detect", "embed", "zeroshot")
+"""Tasks whose runs are measured without the model-based (faithfulness) metrics: these score
+class logits of the rebuilt model, which a segmenter, detector or CLIP tower does not give."""
 
 TOP_Q = 0.15
 """Top-region fraction of the agreement IoU."""
@@ -123,9 +128,11 @@ class PhotoMeasurer:
         device: str | torch.device | None = None,
         trust_checkpoint: bool = False,
         progress: bool = False,
+        masks: str | Path | dict | None = None,
     ) -> None:
         from camscope.metrics import load_boxes
         from camscope.models import preprocess_from_description
+        from camscope.reporting.masks import load_mask_dir
 
         self.out = Path(out_dir)
         self.rundir = RunDir(self.out)
@@ -133,10 +140,13 @@ class PhotoMeasurer:
         self.measure_settings = measure
         self.preprocess = preprocess_from_description(manifest.settings.preprocess)
         self.table = load_boxes(boxes) if isinstance(boxes, (str, Path)) else boxes
+        self.masks = load_mask_dir(masks) if isinstance(masks, (str, Path)) else masks
         loaded = as_loaded(model, manifest.settings, self.preprocess)
         self.provider = ModelProvider(loaded, manifest.settings, weights_file, device, trust_checkpoint, progress)
         self.variants = list(manifest.outputs)
         self.specs = measure.selected()
+        if manifest.settings.task in SCORE_ONLY_TASKS:  # no class logits to delete / insert pixels against
+            self.specs = [spec for spec in self.specs if not spec.model_based]
         self.params = {m.name: measure.params_of(m) for m in self.specs}
         self.keys = {m.name: metric_key(m, self.params[m.name], measure.seed) for m in self.specs}
 
@@ -204,19 +214,92 @@ class _Photo:
                     self.problems.append("its boxes lie outside the region the model sees")
         elif cached is not None:
             record["boxes"] = cached.get("boxes")
-        region = None
+        region, truth = None, None
         if record["boxes"]:
             from camscope.metrics import boxes_to_mask
 
-            region = boxes_to_mask(record["boxes"], (H, W))
+            region, truth = boxes_to_mask(record["boxes"], (H, W)), "the ground-truth boxes"
             record["box_fraction"] = round(float(region.mean()), 6)
+        if m.masks is not None and region is None:
+            region = self._truth_mask(size)
+            if region is not None:
+                truth = "the ground-truth mask"
+                record["mask"] = str(mask_for(m.masks, self.rel))
+                record["box_fraction"] = round(float(region.mean()), 6)
         cached_targets = (cached or {}).get("targets") or []
         for rank, tg in enumerate(rec.targets):
             old = {}
             if rank < len(cached_targets) and cached_targets[rank].get("class") == tg.index:
                 old = cached_targets[rank].get("variants") or {}
-            record["targets"].append(self._target(rank, tg.to_json(), old, region))
+            own = self._own(rank, (H, W))
+            used, source = (region, truth) if region is not None else (own[0], own[1]) if own else (None, None)
+            entry = self._target(rank, tg.to_json(), old, used)
+            if used is not None:
+                entry["region"] = {"source": source, "fraction": round(float(used.mean()), 6)}
+            if own is not None and region is not None:  # ground truth measured above; the own region too
+                entry["own_region"] = self._own_values(entry, own)
+            record["targets"].append(entry)
         return record
+
+    def _truth_mask(self, size: tuple[int, ...]) -> np.ndarray | None:
+        """The ``--masks`` mask of this photo in the input's frame (a problem when missing or
+        of another size than the photo)."""
+        from camscope.reporting.masks import mask_to_input_frame
+
+        path = mask_for(self.m.masks, self.rel)
+        if path is None:
+            self.problems.append("no ground-truth mask for it in --masks (named like the photo, .png)")
+            return None
+        if not size:
+            return None
+        try:
+            return mask_to_input_frame(path, (int(size[0]), int(size[1])), self.m.preprocess)
+        except ValueError as exc:
+            self.problems.append(str(exc))
+            return None
+
+    def _own(self, rank: int, shape: tuple[int, int]) -> tuple[np.ndarray, str] | None:
+        """The target's own region (a task run's detection box or segment mask)."""
+        from camscope.reporting.masks import own_region
+
+        explained = self.rec.explained
+        if not explained or rank >= len(explained):
+            return None
+        try:
+            return own_region(explained[rank], self.m.out, shape)
+        except ValueError as exc:
+            self.problems.append(str(exc))
+            return None
+
+    def _own_values(self, entry: dict, own: tuple[np.ndarray, str]) -> dict:
+        """The region metrics of every map against the target's own region (when ground truth
+        took the main columns): ``{"source", "fraction", "variants": {name: {key: value}}}``."""
+        m = self.m
+        region, source = own
+        out: dict[str, Any] = {"source": source, "fraction": round(float(region.mean()), 6), "variants": {}}
+        H, W = m.preprocess.size
+        names = [n for n, v in entry["variants"].items() if v.get("map_shape") == [H, W] and v.get("degenerate") != "non-finite"]
+        if not names:
+            return out
+        stack = torch.from_numpy(np.stack([np.load(m.out / self.rec.file(n, entry["rank"], ".npy"), allow_pickle=False)
+                                           .astype(np.float64) for n in names]))
+        for spec in m.specs:
+            if "region" not in spec.needs or spec.model_based:
+                continue
+            inputs = MetricInputs(target=int(entry["class"]), mean=tuple(m.preprocess.mean), std=tuple(m.preprocess.std),
+                                  seed=m.measure_settings.seed, batch_size=m.measure_settings.batch_size,
+                                  region=torch.from_numpy(np.asarray(region, dtype=bool)))
+            inputs.params = m.params[spec.name]
+            try:
+                values = call_metric(spec, inputs, stack)
+            except (CamscopeError, ValueError):
+                continue
+            for i, n in enumerate(names):
+                for k in spec.keys:
+                    x = values[k][i]
+                    col = next(c for c in spec.columns if c.key == k)
+                    out["variants"].setdefault(n, {})[k] = (bool(x) if math.isfinite(x) else None) if col.unit == "bool" else _r(x)
+        return out
 
     def _target(self, rank: int, tg: dict, old: dict, region: np.ndarray | None) -> dict:
         from camscope.metrics import pairwise_agreement

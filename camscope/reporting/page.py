@@ -87,8 +87,17 @@ def run_info(manifest: Manifest, records: Sequence[dict]) -> list[str]:
         f"smoothing {', '.join(s.smoothing) or 'none'}",
         f"{len(records)} photos",
     ]
+    if s.task is not None:
+        parts.insert(1, f"task {s.task}")
     if manifest.failures:
         parts.append(f"{len(manifest.failures)} inputs failed (see failures.csv)")
+    regions = list(dict.fromkeys(e["region"]["source"] for rec in records for e in rec.get("targets", []) if e.get("region")))
+    own = list(dict.fromkeys(e["own_region"]["source"] for rec in records for e in rec.get("targets", []) if e.get("own_region")))
+    if regions:
+        parts.append("localisation measured against " + " / ".join(regions)
+                     + (" (the model's own output as the region, not ground truth)" if all("own" in r for r in regions) else ""))
+    if own:
+        parts.append("also against " + " / ".join(own) + " (in each photo's metrics/*.json, own_region)")
     measured: dict[str, dict] = {}
     for rec in records:
         for name, how in (rec.get("metrics") or {}).items():

@@ -89,7 +89,8 @@ def run_explain(
     started = time.perf_counter()
     plan = plan_run(inputs, out, opts, loaded=loaded)
     explainer = Explainer(
-        opts, plan.loaded, plan.rundir, layer=plan.layer, target=plan.target, k=plan.k, engine=plan.engine
+        opts, plan.loaded, plan.rundir, layer=plan.layer, target=plan.target, k=plan.k, engine=plan.engine,
+        task=plan.task,
     )
     # ---- every check passed: only now is anything created under ``out`` ----------------------
     plan.rundir.create()

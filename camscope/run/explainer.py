@@ -22,6 +22,7 @@ from camscope.run.options import ExplainOptions
 from camscope.run.outputs import write_image
 from camscope.run.plan import build_engine, device_of
 from camscope.run.records import Explained, Outcome, PlannedImage
+from camscope.run.tasks import TaskSetup
 
 __all__ = ["Explainer", "short_reason"]
 
@@ -31,7 +32,8 @@ class Explainer:
 
     Built once per process (the local run, or one remote worker): it owns the model's engine.
     ``layer``, ``target`` and ``k`` come from the plan, so that every process explains the same;
-    the local run also hands over the plan's ``engine`` (the model is split once).
+    the local run also hands over the plan's ``engine`` (the model is split once). ``task``: the
+    plan's checked task of a run other than a classifier's (its targets, boxes, concept).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class Explainer:
         target: int | None,
         k: int,
         engine: CamEngine | None = None,
+        task: TaskSetup | None = None,
     ) -> None:
         self.opts = opts
         self.loaded = loaded
@@ -53,6 +56,7 @@ class Explainer:
         self.variants = self.engine.variants
         self.target = target
         self.k = k
+        self.task = task
         self.device = device_of(loaded.model)
 
     def explain(self, items: Sequence[PlannedImage]) -> Iterator[Outcome]:
@@ -96,9 +100,13 @@ class Explainer:
     ) -> Iterator[tuple[PlannedImage, Explained | None, str | None]]:
         """(item, explained, error) per image; a failing batch is retried image by image."""
         x = torch.stack([e.tensor for _, e in items]).to(self.device)
-        targets = None if self.target is None else [[self.target]] * len(items)
         try:
-            res, error = self.engine(x, targets, top_k=self.k), None
+            if self.task is None:
+                targets = None if self.target is None else [[self.target]] * len(items)
+                res, error = self.engine(x, targets, top_k=self.k), None
+            else:
+                targets = self.task.targets_for([e.photo.size for _, e in items], self.loaded.preprocess)
+                res, error = self.engine(x, targets, None, self.task.task), None
         except Exception as exc:  # out of memory, a model that raises on one input, ...
             res, error = None, short_reason(exc, "computing the maps")
         if res is None:  # outside the except block, so the traceback's tensors are already freed
@@ -121,6 +129,13 @@ class Explainer:
                 yield item, None, "a map is not finite (NaN or inf)"
                 continue
             e.probs, e.targets, e.maps = probs, res.targets[i].tolist(), maps
+            if self.task is not None:
+                assert res.explained is not None and res.scores is not None
+                n = len(res.explained[i])
+                e.task, e.explained = self.task.name, list(res.explained[i])
+                e.targets, e.scores = e.targets[:n], [float(v) for v in res.scores[i, :n].tolist()]
+                if res.target_probabilities is not None:
+                    e.probabilities = [float(v) for v in res.target_probabilities[i, :n].tolist()]
             yield item, e, None
 
 

@@ -38,6 +38,8 @@ def run_settings(
     alpha: float,
     target_class: str | None = None,
     reshape: str | None = None,
+    task: str | None = None,
+    task_options: dict | None = None,
 ) -> RunSettings:
     """The settings that determine a run's outputs (a resumed run must match them)."""
     return RunSettings(
@@ -53,6 +55,8 @@ def run_settings(
         colormap=colormap,
         alpha=alpha,
         reshape=reshape,
+        task=None if task in (None, "classify") else task,
+        task_options=task_options or None,
     )
 
 

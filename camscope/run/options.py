@@ -42,7 +42,19 @@ class ExplainOptions:
     methods: Sequence[str] = ("gradcam", "ablationcam", "scorecam")
     smoothing: Sequence[str] = ()
     target_class: str | None = None
-    top_k: int = 1
+    top_k: int | None = None
+    """At most this many targets per image (None: the task's default: 1 class or segment,
+    10 detections or labels)."""
+    task: str | None = None
+    """``--task``: a registered task (None: from the model; see :mod:`camscope.run.tasks`)."""
+    target_boxes: Sequence[str] = ()
+    """``--box x0,y0,x1,y1[:label]`` (photo pixels): detections to explain (task ``detect``)."""
+    score_threshold: float | None = None
+    """``--score-threshold``: least detection / label score (``detect``, ``multilabel``)."""
+    concept: str | None = None
+    """``--concept TEXT|IMAGE``: what ``embed`` compares the image embedding with."""
+    contrast: str | None = None
+    """``--contrast CLASS``: the class ``d`` of ``y_c - y_d`` (task ``contrast``)."""
     device: str | None = None
     speed: SpeedSettings = field(default_factory=SpeedSettings)
     images_per_batch: int = 4
@@ -112,7 +124,7 @@ class ExplainOptions:
 
     def check(self) -> None:
         """One-line errors for option values that cannot work (before any work starts)."""
-        if self.top_k < 1:
+        if self.top_k is not None and self.top_k < 1:
             raise UsageError(f"--top-k must be at least 1, not {self.top_k}")
         if not 0.0 <= self.alpha <= 1.0:
             raise UsageError(f"--alpha must be in [0, 1], not {self.alpha}")

@@ -24,6 +24,7 @@ from camscope.models import LoadedModel, class_index, load_class_names, pick_dev
 from camscope.run.manifest import new_manifest, run_settings
 from camscope.run.options import ExplainOptions
 from camscope.run.records import PlannedImage
+from camscope.run.tasks import TaskSetup, setup_task
 
 __all__ = ["Plan", "plan_run", "build_engine", "device_of"]
 
@@ -45,6 +46,8 @@ class Plan:
     k: int
     engine: CamEngine | None = field(default=None, repr=False)
     """The :class:`~camscope.engine.CamEngine` the plan split the model with."""
+    task: TaskSetup | None = None
+    """The checked task of a run other than a classifier's (:mod:`camscope.run.tasks`)."""
 
 
 def build_engine(opts: ExplainOptions, loaded: LoadedModel, layer: str | None) -> CamEngine:
@@ -88,27 +91,29 @@ def plan_run(
         loaded.categories, loaded.wnids = imagenet_categories(), imagenet_wnids()
     elif opts.model_spec.labels:
         loaded.categories = load_class_names(opts.model_spec.labels)
-    task = loaded.info.get("task") if isinstance(getattr(loaded, "info", None), dict) else None
-    if task in ("segment", "detect"):
-        raise UsageError(f"{loaded.name} is a {'segmentation' if task == 'segment' else 'detection'} model: the "
-                         f"command line explains classifiers only so far; use camscope.explain(model, photos, "
-                         f"task={task!r}) from Python")
+    setup = setup_task(opts, loaded, [(item.rel, item.path) for item in images], device)
     if opts.layer:
         _check_layer(loaded, opts.layer, opts.reshape)
     engine = build_engine(opts, loaded, opts.layer)
     layer = engine.layer
     reshape = engine.resolve_reshape(loaded.preprocess.size)
-    num_classes = _num_outputs(loaded, device)
-    if loaded.categories is not None and len(loaded.categories) != num_classes:
-        raise UsageError(
-            f"the labels give {len(loaded.categories)} class names but the model has {num_classes} outputs"
-        )
-    target = None if opts.target_class is None else class_index(opts.target_class, loaded.categories, num_classes)
-    k = 1 if target is not None else min(opts.top_k, num_classes)
+    if setup is None:  # a classifier run
+        num_classes = _num_outputs(loaded, device)
+        if loaded.categories is not None and len(loaded.categories) != num_classes:
+            raise UsageError(
+                f"the labels give {len(loaded.categories)} class names but the model has {num_classes} outputs"
+            )
+        target = None if opts.target_class is None else class_index(opts.target_class, loaded.categories, num_classes)
+        top_k = opts.top_k or 1
+        k = 1 if target is not None else min(top_k, num_classes)
+    else:
+        target, top_k = None, setup.top_k
+        k = top_k
 
     settings = run_settings(
-        loaded, layer=layer, methods=methods, variants=variants, top_k=opts.top_k, precision=opts.speed.precision,
+        loaded, layer=layer, methods=methods, variants=variants, top_k=top_k, precision=opts.speed.precision,
         colormap=opts.colormap, alpha=opts.alpha, target_class=opts.target_class, reshape=_recorded_reshape(reshape),
+        task=None if setup is None else setup.name, task_options=None if setup is None else (setup.options or None),
     )
     previous = None if opts.force else rundir.read_manifest(hint="use --force or another --out")
     done: dict[str, ImageRecord] = {}
@@ -131,7 +136,7 @@ def plan_run(
             skipped.append(item.rel)
         else:
             todo.append(PlannedImage(item.path, item.rel, stems[item.rel]))
-    return Plan(rundir, manifest, todo, skipped, loaded, layer, target, k, engine)
+    return Plan(rundir, manifest, todo, skipped, loaded, layer, target, k, engine, setup)
 
 
 def _recorded_reshape(reshape: Reshape) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,14 @@ class Explained:
     targets: list[int] = field(default_factory=list)
     maps: dict[str, np.ndarray] = field(default_factory=dict)
     """Variant name -> (k,H,W) maps in [0,1]."""
+    task: str | None = None
+    """The task of a run other than ``classify`` (None: a classifier run)."""
+    explained: list[Any] | None = None
+    """The :class:`camscope.targets.Target` objects explained (task runs; may be empty)."""
+    scores: list[float] = field(default_factory=list)
+    """Each target's score on the photo."""
+    probabilities: list[float] = field(default_factory=list)
+    """Each target's probability on the photo (``CamMaps.target_probabilities``)."""
 
 
 @dataclass

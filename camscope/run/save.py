@@ -54,9 +54,11 @@ def save_result(
     names = result.names or [f"image{i}.png" for i in range(n)]
     sources = result.sources or [None] * n
     variants = [Smoothing.of(parts) for parts in result.smoothing]
+    task = None if result.explained is None or result.task in (None, "classify") else result.task
     settings = run_settings(
         loaded, layer=str(result.layer), methods=result.methods, variants=variants, top_k=int(k),
         precision=result.speed.precision if result.speed is not None else "fp32", colormap=colormap, alpha=alpha,
+        task=task,
     )
     previous = None if force else rundir.read_manifest(hint="use force=True or another folder")
     if previous is not None and settings.differences(previous.settings):
@@ -85,6 +87,14 @@ def save_result(
             result.targets[i].tolist(),
             {v: m[i].numpy() for v, m in result.maps.items()},
         )
+        if task is not None:
+            assert result.explained is not None
+            n_i = len(result.explained[i])
+            explained.task, explained.explained = task, list(result.explained[i])
+            explained.targets = explained.targets[:n_i]
+            explained.scores = [] if result.scores is None else [float(v) for v in result.scores[i, :n_i].tolist()]
+            if result.target_probabilities is not None:
+                explained.probabilities = [float(v) for v in result.target_probabilities[i, :n_i].tolist()]
         item = PlannedImage(Path(source), name, stems[name])
         record = write_image(
             rundir, item, explained, loaded, variants, result.methods, opts.outputs, alpha=opts.alpha, colormap=opts.colormap

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from camscope.errors import UsageError
 from camscope.io.atomic import cleanup_temp_files
 from camscope.io.rundir import COMPLETE, ImageRecord, Manifest, RunDir
 from camscope.models import pick_device
@@ -123,6 +124,8 @@ def run_explain_ray(
     import_ray()  # a missing extra is one line before anything else
     # The driver only plans (layer, classes, names); the workers explain, on their device.
     plan = plan_run(inputs, out, replace(opts, device="cpu"))
+    if plan.task is not None:
+        raise UsageError(f"--ray explains classifiers only so far; run --task {plan.task.name} without --ray")
     todo = plan.todo
     batches = -(-len(todo) // opts.images_per_batch)
     with ray_session(ray_opts) as cluster:

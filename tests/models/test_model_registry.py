@@ -79,7 +79,7 @@ def test_sources_claim_by_prefix_then_import_path_then_torchvision() -> None:
     assert [model_source(n) for n in ("timm/resnet18", "hf/org/name", "pkg.mod:build", "resnet18")] == [
         "timm", "hf", "import", "torchvision",
     ]
-    with pytest.raises(UsageError, match="choose from: all, timm, torchvision"):
+    with pytest.raises(UsageError, match="choose from: all, timm, open_clip, torchvision"):
         list_models("nope")
 
 

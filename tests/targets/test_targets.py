@@ -348,18 +348,3 @@ def test_readme_table_comes_from_the_registry() -> None:
     start = text.index("<!-- targets-table")
     block = text[text.index("\n", start) + 1 : text.index("<!-- /targets-table -->")].strip()
     assert block == targets_markdown()
-
-
-def test_command_line_refuses_segmenters_and_detectors_in_one_line(tmp_path, capsys) -> None:
-    from PIL import Image
-
-    from camscope.cli import main
-
-    Image.new("RGB", (32, 32), (120, 40, 200)).save(tmp_path / "a.png")
-    rc = main(["explain", str(tmp_path / "a.png"), "--model", "lraspp_mobilenet_v3_large", "--weights-tag", "none",
-               "--out", str(tmp_path / "out"), "--quiet"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err == [
-        "camscope: error: lraspp_mobilenet_v3_large is a segmentation model: the command line explains classifiers "
-        "only so far; use camscope.explain(model, photos, task='segment') from Python"]
-    assert not (tmp_path / "out").exists()
