@@ -154,7 +154,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     for rel, reason in ev.problems:
         logger.warning("%s: %s", rel, reason)
     logger.info(
-        "report written to %s (%d photos, %d maps measured, %d from cache, %.1f s)",
+        "report written to %s (%d photos; model-based metrics computed for %d maps, %d from cache; %.1f s)",
         files.html, len(ev.images), ev.maps_computed, ev.maps_reused, ev.seconds,
     )
     return ev.exit_code

@@ -6,7 +6,9 @@ has passed."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass, field
+import logging
 from pathlib import Path
 
 import torch
@@ -19,12 +21,15 @@ from camscope.engine import CamEngine
 from camscope.errors import CamscopeError, UsageError
 from camscope.io.images import find_images
 from camscope.io.rundir import ImageRecord, Manifest, RunDir, output_stems
-from camscope.methods import get_method
+from camscope.methods import get_method, method_names
+from camscope.methods.registry import methods_for
 from camscope.models import LoadedModel, class_index, load_class_names, pick_device
 from camscope.run.manifest import new_manifest, run_settings
 from camscope.run.options import ExplainOptions
 from camscope.run.records import PlannedImage
 from camscope.run.tasks import TaskSetup, setup_task
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Plan", "plan_run", "build_engine", "device_of"]
 
@@ -48,6 +53,8 @@ class Plan:
     """The :class:`~camscope.engine.CamEngine` the plan split the model with."""
     task: TaskSetup | None = None
     """The checked task of a run other than a classifier's (:mod:`camscope.run.tasks`)."""
+    methods: list[str] = field(default_factory=list)
+    """The run's methods (``--methods all``: those that can explain the model)."""
 
 
 def build_engine(opts: ExplainOptions, loaded: LoadedModel, layer: str | None) -> CamEngine:
@@ -91,6 +98,14 @@ def plan_run(
         loaded.categories, loaded.wnids = imagenet_categories(), imagenet_wnids()
     elif opts.model_spec.labels:
         loaded.categories = load_class_names(opts.model_spec.labels)
+    if methods == method_names():  # --methods all: every method that can explain this model
+        fits = set(methods_for(loaded.model))
+        left = [m for m in methods if m not in fits]
+        if left:
+            logger.info("--methods all on %s: %d methods; left out, as they cannot explain it: %s",
+                        loaded.name, len(fits), ", ".join(left))
+            methods = [m for m in methods if m in fits]
+            opts = dataclasses.replace(opts, methods=methods)
     setup = setup_task(opts, loaded, [(item.rel, item.path) for item in images], device)
     if opts.layer:
         _check_layer(loaded, opts.layer, opts.reshape)
@@ -136,7 +151,7 @@ def plan_run(
             skipped.append(item.rel)
         else:
             todo.append(PlannedImage(item.path, item.rel, stems[item.rel]))
-    return Plan(rundir, manifest, todo, skipped, loaded, layer, target, k, engine, setup)
+    return Plan(rundir, manifest, todo, skipped, loaded, layer, target, k, engine, setup, methods)
 
 
 def _recorded_reshape(reshape: Reshape) -> str | None:

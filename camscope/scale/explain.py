@@ -124,6 +124,7 @@ def run_explain_ray(
     import_ray()  # a missing extra is one line before anything else
     # The driver only plans (layer, classes, names); the workers explain, on their device.
     plan = plan_run(inputs, out, replace(opts, device="cpu"))
+    opts = replace(opts, methods=plan.methods)  # --methods all: what the plan kept for this model
     if plan.task is not None:
         raise UsageError(f"--ray explains classifiers only so far; run --task {plan.task.name} without --ray")
     todo = plan.todo
