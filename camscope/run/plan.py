@@ -5,10 +5,10 @@ has passed."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import dataclasses
-from dataclasses import dataclass, field
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
