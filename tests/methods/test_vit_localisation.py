@@ -95,6 +95,7 @@ def test_the_vit_learned_the_task(vit, held_out) -> None:
     assert default_layer(vit, input_size=(1, 3, 64, 64)) == V.VIT_TARGET_LAYER
 
 
+@pytest.mark.training
 def test_training_reaches_its_accuracy(tmp_path) -> None:
     """Training on this machine (seed ``CAMSCOPE_TEST_TRAIN_SEED``) still solves the task."""
     model = V.load_or_train_vit(tmp_path, seed=TRAIN_SEED)

@@ -143,6 +143,7 @@ def test_target_layer_output(trained_model: nn.Module) -> None:
 # --------------------------------------------------------------------------- training
 
 
+@pytest.mark.training
 def test_training_reaches_its_accuracy(trained_model: nn.Module) -> None:
     assert not trained_model.training
     acc = S.evaluate(trained_model, S.make_scenes(1000, seed=HELD_OUT_SEED + 1))
