@@ -16,10 +16,10 @@ from torch import nn
 from camscope.engine import CamEngine
 from camscope.errors import UsageError
 from camscope.targets import Detection, SegmentRegion, Target, Task
+from tests.cli import task_models
 from tests.reference import reference_finalize, reference_saliency
 
 torchvision = pytest.importorskip("torchvision")
-
 
 # --------------------------------------------------------------------------- models
 
@@ -69,26 +69,7 @@ def faster_rcnn() -> nn.Module:
     ))
 
 
-def tiny_rcnn() -> nn.Module:
-    """Faster R-CNN on a 3-conv backbone (16 channels): one full forward per channel is cheap."""
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.ops import MultiScaleRoIAlign
-
-    def build() -> nn.Module:
-        backbone = nn.Sequential(
-            nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
-            nn.Conv2d(16, 16, 3, 2, 1), nn.ReLU(),
-        )
-        backbone.out_channels = 16
-        return FasterRCNN(
-            backbone, num_classes=3, min_size=64, max_size=64, box_score_thresh=0.0,
-            rpn_anchor_generator=AnchorGenerator(((16, 32),), ((0.5, 1.0, 2.0),)),
-            box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2), rpn_pre_nms_top_n_test=60,
-            rpn_post_nms_top_n_test=20, box_detections_per_img=10,
-        )
-
-    return _seeded(build)
+tiny_rcnn = task_models.tiny_rcnn  # Faster R-CNN on a 3-conv backbone: one full forward per channel is cheap
 
 
 def images(n: int, h: int = 64, w: int = 64, seed: int = 0) -> torch.Tensor:
