@@ -95,7 +95,7 @@ def fx_split(
         graph = (make_tracer or _SplitTracer)(module, ancestors).trace(root)
     except Exception as exc:  # any failure to trace means: use hooks
         raise NoTrace(
-            f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {first_line(exc, default='')})"
+            f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {first_line(exc, default='').split('. ')[0]})"
         ) from exc
 
     nodes = list(graph.nodes)
